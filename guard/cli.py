@@ -1,0 +1,120 @@
+"""The ``guard`` command: run, check, schema, version.
+
+Exit codes are part of the interface: 0 fine, 1 the checked files have
+problems, 2 the command itself was used wrongly or could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from guard import __version__
+
+DEFAULT_CONFIG = "guard.yaml"
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio"
+    print(f"loginguard {__version__} (Python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}, {loop})")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from guard.config import Config
+
+    schema = Config.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "loginguard guard.yaml"
+    print(json.dumps(schema, indent=2, sort_keys=False))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from guard.checks import check_all
+
+    problems = check_all(Path(args.config))
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.config}: ok")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from guard.supervisor import run
+
+    return run(
+        Path(args.config),
+        workers=args.workers,
+        allow_split_state=args.allow_split_state,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="guard",
+        description="loginguard: a reverse proxy that guards the login forms of legacy web services.",
+        epilog="example:  guard run -c guard.yaml",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help, description=help, epilog=f"example:  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    run = add("run", "run the guard in front of the configured upstream", "guard run -c guard.yaml --workers 2")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
+    run.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="worker processes sharing the port with SO_REUSEPORT (default: 1)",
+    )
+    run.add_argument(
+        "--allow-split-state", action="store_true",
+        help="allow --workers > 1 with the memory store (each worker then counts and bans on its own)",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    check = add(
+        "check", "validate the config and every rule file it names; one line per problem",
+        "guard check -c guard.yaml && echo ok",
+    )
+    check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
+    check.set_defaults(func=_cmd_check)
+
+    schema = add("schema", "print the JSON Schema of guard.yaml (for editors)", "guard schema > guard.schema.json")
+    schema.set_defaults(func=_cmd_schema)
+
+    version = add("version", "print the version", "guard version")
+    version.set_defaults(func=_cmd_version)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "workers", 1) < 1:
+        parser.error("--workers must be at least 1")
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
