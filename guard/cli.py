@@ -53,6 +53,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_test(args: argparse.Namespace) -> int:
+    from guard.ruletest import run
+
+    return run(Path(args.path), Path(args.config))
+
+
+def _cmd_ban(args: argparse.Namespace) -> int:
+    from guard.bancli import main as ban_main
+
+    return ban_main(args)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from guard.supervisor import run
 
@@ -95,6 +107,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
     check.set_defaults(func=_cmd_check)
+
+    test = add(
+        "test", "run the login-flow regression cases (*.test.yaml) against the rules, on a virtual clock",
+        "guard test rules/tests -c guard.yaml",
+    )
+    test.add_argument("path", nargs="?", default="rules", help="a test file or a folder (default: %(default)s)")
+    test.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config whose rules are tested")
+    test.set_defaults(func=_cmd_test)
+
+    ban = add(
+        "ban", "list, add or remove bans (through the running guard's admin API, or Redis directly)",
+        "guard ban add 203.0.113.7 --for 1h --reason 'manual: stuffing'",
+    )
+    ban.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
+    bsub = ban.add_subparsers(dest="ban_command", metavar="ACTION", required=True)
+    bsub.add_parser("list", help="active bans")
+    badd = bsub.add_parser("add", help="ban an IP or a CIDR")
+    badd.add_argument("subject", help="an IP address or a CIDR (a /24 or /64 bans the subnet)")
+    badd.add_argument("--for", dest="duration", default="1h", help="duration, e.g. 30m, 1h, 7d (default: 1h)")
+    badd.add_argument("--reason", default="manual", help="why (shown in logs and the dashboard)")
+    bdel = bsub.add_parser("del", help="remove a ban (and the counters that caused it)")
+    bdel.add_argument("subject", help="an IP address or a CIDR")
+    ban.set_defaults(func=_cmd_ban)
 
     schema = add("schema", "print the JSON Schema of guard.yaml (for editors)", "guard schema > guard.schema.json")
     schema.set_defaults(func=_cmd_schema)

@@ -117,18 +117,94 @@ class Brand(_Model):
     support: str = Field("", description="support text shown on error pages")
 
 
+def _regex(value: str) -> str:
+    import re
+
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+
+
+class JsonOutcome(_Model):
+    pointer: str = Field(pattern=r"^(/.*)?$", description="JSON pointer into the response body, e.g. /ok")
+    success: str | int | bool = Field(description="the value that means success")
+
+
+class OutcomeConfig(_Model):
+    """How the upstream says a login worked.  The first signal that is configured and present decides.
+
+    The default fits the common legacy form: a redirect (302/303) after a good
+    password, the form again (200) after a bad one.
+    """
+
+    success_status: tuple[int, ...] = (301, 302, 303, 307, 308)
+    failure_status: tuple[int, ...] = (200, 400, 401, 403, 422)
+    success_location: Regex | None = Field(None, description="a redirect is a success only if Location matches")
+    failure_location: Regex | None = Field(None, description="a redirect whose Location matches is a failure")
+    success_body: str | None = Field(None, description="text in the first 64 KB of the body that means success")
+    failure_body: str | None = Field(None, description="text in the first 64 KB of the body that means failure")
+    success_cookie: str | None = Field(None, description="a Set-Cookie of this name means success")
+    json_field: JsonOutcome | None = Field(None, description="a field of a JSON response body")
+
+
 class LoginEndpoint(_Model):
-    """A login form of the upstream.  Detection of the username and the outcome come with the rules."""
+    """A login form of the upstream: where it is, where the username is, how success looks."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     path: str = Field(description="path to match")
     match: Literal["exact", "prefix", "regex"] = "exact"
     methods: tuple[str, ...] = ("POST",)
+    username: str = Field(
+        "username", min_length=1,
+        description="form or multipart field name; a JSON pointer (/user/email) for JSON bodies",
+    )
+    password: str | None = Field(
+        "password", description="field holding the password (only ever used as a keyed fingerprint)"
+    )
+    charset: str | None = Field(
+        None, description="body charset when the request does not say (default utf-8); e.g. shift_jis"
+    )
+    outcome: OutcomeConfig = OutcomeConfig()
 
     @field_validator("methods")
     @classmethod
     def _upper(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(m.upper() for m in v)
+
+    @field_validator("charset")
+    @classmethod
+    def _charset(cls, v: str | None) -> str | None:
+        import codecs
+
+        if v is not None:
+            try:
+                codecs.lookup(v)
+            except LookupError:
+                raise ValueError(f"unknown charset {v!r}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _path_regex(self) -> LoginEndpoint:
+        if self.match == "regex":
+            _regex(self.path)
+        return self
+
+
+class UsernameConfig(_Model):
+    """How usernames become one key per account, so aliases and case tricks count together."""
+
+    case: Literal["lower", "preserve"] = "lower"
+    strip: bool = Field(True, description="remove surrounding white space (and fold inner runs)")
+    nfkc: bool = Field(True, description="Unicode NFKC: full-width Ｕｓｅｒ and User count as one")
+    strip_domains: tuple[str, ...] = Field(
+        (), description="e-mail domains that map to the bare id: alice@corp.example -> alice"
+    )
+    aliases: Path | None = Field(None, description="CSV file of alias,canonical pairs (e-mail vs member id)")
 
 
 def _cidr(value: str) -> str:
@@ -140,6 +216,82 @@ def _cidr(value: str) -> str:
 
 
 Cidr = Annotated[str, AfterValidator(_cidr), Field(description="an IP address or CIDR")]
+
+
+class IPListConfig(_Model):
+    """A named IP list: from a file (reloaded when it changes) or a URL (refreshed with conditional GET)."""
+
+    file: Path | None = None
+    url: str | None = Field(None, pattern=r"^https?://")
+    refresh: Duration = Field(3600.0, ge=60, description="URL lists: how often to check for a new version")
+    max_bytes: ByteSize = Field(64 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> IPListConfig:
+        if (self.file is None) == (self.url is None):
+            raise ValueError("give exactly one of file or url")
+        if self.file is not None and not self.file.is_file():
+            raise ValueError(f"file {str(self.file)!r} does not exist")
+        return self
+
+
+class GeoIPConfig(_Model):
+    city: Path | None = Field(None, description="GeoLite2/GeoIP2 City database (.mmdb)")
+    country: Path | None = Field(None, description="Country database, when no City database is given")
+    asn: Path | None = Field(None, description="GeoLite2 ASN database")
+    hosting_asns: Path | None = Field(None, description="text file of hosting/datacenter AS numbers")
+    reload_interval: Duration = Field(60.0, ge=1, description="how often to look for updated databases")
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> GeoIPConfig:
+        for name in ("city", "country", "asn", "hosting_asns"):
+            path: Path | None = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: file {str(path)!r} does not exist")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return any(p is not None for p in (self.city, self.country, self.asn))
+
+
+class ScoringConfig(_Model):
+    """Anomaly scoring: the summed score of matching rules takes the highest action whose threshold it reaches."""
+
+    log: float | None = Field(None, gt=0)
+    challenge: float | None = Field(50.0, gt=0)
+    block: float | None = Field(100.0, gt=0)
+
+
+class AttackConfig(_Model):
+    """The global failure-rate spike detector: what catches a botnet where every IP stays under every limit.
+
+    The baseline is learned from the guard's own counters: the failure rate over
+    ``baseline`` is the normal; the rate over ``window`` is now.  An attack is on
+    while now exceeds ``factor`` times normal (and ``min_failures``), and stays on
+    for ``hold`` after that, so rules keyed on it do not flap.
+    """
+
+    enabled: bool = True
+    window: Duration = Field(300.0, gt=0)
+    baseline: Duration = Field(6 * 3600.0, gt=0)
+    factor: float = Field(3.0, gt=1)
+    min_failures: int = Field(20, ge=1)
+    floor_per_hour: float = Field(
+        12.0, ge=0, description="the baseline is never taken as lower than this many failures per hour"
+    )
+    hold: Duration = Field(900.0, ge=0)
+
+    @model_validator(mode="after")
+    def _windows(self) -> AttackConfig:
+        if self.baseline <= self.window:
+            raise ValueError("baseline must be longer than window")
+        return self
+
+
+class BansConfig(_Model):
+    history: Duration = Field(30 * 86400.0, gt=0, description="how long earlier bans count toward escalation")
+    poll_interval: Duration = Field(0.5, ge=0.05, le=10, description="how often each worker syncs the ban list")
 
 
 class Config(_Model):
@@ -167,7 +319,24 @@ class Config(_Model):
     log: LogConfig = LogConfig()
     brand: Brand = Brand()
     logins: tuple[LoginEndpoint, ...] = ()
+    usernames: UsernameConfig = UsernameConfig()
     rules: tuple[Path, ...] = Field((), description="rule files or folders, loaded in order")
+    ip_lists: dict[str, IPListConfig] = Field({}, description="named IP lists that rules refer to")
+    geoip: GeoIPConfig = GeoIPConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    attack: AttackConfig = AttackConfig()
+    bans: BansConfig = BansConfig()
+    honey_accounts: tuple[str, ...] = Field(
+        (), description="decoy usernames: any login attempt with one flags its source"
+    )
+    breached_passwords: Path | None = Field(
+        None, description="sorted SHA-1 list (Pwned Passwords format), searched without loading it"
+    )
+    secret_key: str | None = Field(
+        None, min_length=16,
+        description="keys username and password fingerprints; or GUARD_SECRET_KEY; default: generated and "
+        "shared through the store",
+    )
     shadow: bool = Field(False, description="decide and log, but let every request through")
 
     @field_validator("upstream")
@@ -214,6 +383,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "GUARD_ADMIN_TOKEN": ("admin", "token"),
     "GUARD_UPSTREAM": ("upstream",),
     "GUARD_LISTEN": ("listen",),
+    "GUARD_SECRET_KEY": ("secret_key",),
 }
 
 
@@ -236,10 +406,21 @@ def _resolve_paths(cfg_dir: Path, data: Any) -> None:
     """Relative file paths in the config are relative to the config file, not the cwd."""
     if not isinstance(data, dict):
         return
+    lists = data.get("ip_lists")
+    if isinstance(lists, dict):
+        for spec in lists.values():
+            if isinstance(spec, dict) and isinstance(spec.get("file"), str) and not os.path.isabs(spec["file"]):
+                spec["file"] = str(cfg_dir / spec["file"])
+    bp = data.get("breached_passwords")
+    if isinstance(bp, str) and not os.path.isabs(bp):
+        data["breached_passwords"] = str(cfg_dir / bp)
     rules = data.get("rules")
     if isinstance(rules, list):
         data["rules"] = [str(cfg_dir / r) if isinstance(r, str) and not os.path.isabs(r) else r for r in rules]
-    for section, keys in (("tls", ("cert", "key")), ("upstream_tls", ("ca_bundle",)), ("log", ("file",))):
+    for section, keys in (
+        ("tls", ("cert", "key")), ("upstream_tls", ("ca_bundle",)), ("log", ("file",)), ("usernames", ("aliases",)),
+        ("geoip", ("city", "country", "asn", "hosting_asns")),
+    ):
         sub = data.get(section)
         if isinstance(sub, dict):
             for k in keys:

@@ -1,103 +1,435 @@
 """The engine: one method per phase of a request, each returning a decision value.
 
 Adapters (the aiohttp proxy, the mitmproxy addon) call, in order:
-``on_request`` when headers are in, ``on_login`` when a login body has been
-buffered, and ``on_response`` with the upstream's answer.  The engine reads and
-writes shared state only through the ``Store`` and applies the store failure
-policy (``store.fail_open``) itself, so every adapter behaves the same when
-Redis is down.  Later stages (rules, challenge, PII) plug in here.
+
+- ``on_request`` when the headers are in.  Non-login requests are decided from
+  memory only (allow rules, the ban cache, stateless rules): no store round trip
+  on the hot path of the whole site.
+- ``on_login`` when a login body has been buffered.  Everything the login rules
+  need from the store (bans, counters, account history, flags, attack state) is
+  read and updated in **one** batch: one Redis round trip per decision.
+- ``on_response`` with the upstream's answer: the outcome feeds the failure and
+  success counters and the account's history, in one more batch.
+
+The engine applies the store failure policy (``store.fail_open``) itself, so
+every adapter behaves the same when Redis is down.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
 
-from guard.config import Config
-from guard.engine.bancache import BanCache, ip_subjects
+from guard.config import Config, LoginEndpoint
+from guard.engine.bancache import BanCache, ip_subjects, subnet_of
 from guard.engine.clock import Clock, SystemClock
 from guard.engine.decision import PASS, Action, Decision, Reason
 from guard.engine.facts import RequestFacts, ResponseFacts
-from guard.engine.logins import LoginMatcher
-from guard.store.base import Ban, GetBans, Hit, Store, StoreError
+from guard.engine.runtime import Runtime, build_runtime
+from guard.rules.context import NO_GEO, AccountHistory, Context, CounterSpec, GeoFacts
+from guard.rules.evaluate import Verdict, allow_verdict, decide, first_allow, match
+from guard.rules.model import Rule
+from guard.store.base import (
+    AddDistinct, Ban, Count, Delete, Get, GetBans, Hit, Incr, Op, Put, PutNew, Store, StoreError,
+)
 
 log = logging.getLogger("guard.engine")
 
-LOGIN_WINDOW = 600.0
-
 STORE_DOWN_OPEN = Reason("store-unavailable", "state store unreachable; fail_open lets the request through")
 STORE_DOWN_CLOSED = Reason("store-unavailable", "state store unreachable; fail_open is false")
+ACCOUNT_TTL = 400 * 86400.0
+SECRET_KEY = "secret:hmac"
+
+_METRIC_CODE = {
+    "attempts": "a", "failures": "f", "successes": "s", "distinct_usernames": "du", "distinct_ips": "di",
+}
 
 
 @dataclass(slots=True)
 class EngineStatus:
     store_ok: bool
     bans_cached: int
+    rules: int
+    attack: bool
+
+
+@dataclass(slots=True)
+class LoginState:
+    """What ``on_login`` learned, kept on the request for ``on_response``."""
+
+    endpoint: LoginEndpoint
+    ctx: Context | None = None
+    request_matches: list[tuple[Rule, Any]] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)      # key kind -> key value
+    store_ok: bool = True
+    allowed: Decision | None = None                          # an allow rule matched at the request phase
+
+
+def _counter_key(spec: CounterSpec, value: str) -> str:
+    return f"v:{spec.key}:{value}:{_METRIC_CODE[spec.metric]}:{spec.window:g}"
 
 
 class Engine:
-    def __init__(self, config: Config, store: Store, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        clock: Clock | None = None,
+        runtime: Runtime | None = None,
+        secret: bytes | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.clock: Clock = clock or SystemClock()
-        self.logins = LoginMatcher(config.logins)
-        self.bans = BanCache(store, self.clock)
+        self.rt = runtime if runtime is not None else build_runtime(config)
+        self.bans = BanCache(store, self.clock, poll_interval=config.bans.poll_interval)
         self.shadow = config.shadow
+        self._secret: bytes = secret or (config.secret_key or "").encode()
         self._store_ok = True
+        self._attack_until = 0.0
+
+    # ---- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.store.start()
+        if not self._secret:
+            self._secret = await self._shared_secret()
         await self.bans.refresh(force=True)
         self.bans.start()
 
     async def close(self) -> None:
         await self.bans.stop()
         await self.store.close()
+        self.rt.close()
+
+    async def _shared_secret(self) -> bytes:
+        """A key for username/password fingerprints that every instance sharing the store agrees on."""
+        candidate = secrets.token_hex(32).encode()
+        try:
+            await self.store.execute([PutNew(SECRET_KEY, candidate, 10 * 365 * 86400.0)], self.clock.now())
+            (value,) = await self.store.execute([Get(SECRET_KEY)], self.clock.now())
+            if value:
+                return bytes(value)
+        except StoreError:
+            log.warning("store unreachable at start: fingerprint key is local to this process until restart")
+        return candidate
+
+    def swap_runtime(self, rt: Runtime) -> None:
+        old, self.rt = self.rt, rt
+        self.config = rt.config
+        self.shadow = rt.config.shadow
+        if old is not rt:
+            old.close()
+
+    async def reload(self, config: Config) -> None:
+        """Compile off the event loop, then swap; raises SourceError and keeps the old set on problems."""
+        rt = await asyncio.to_thread(build_runtime, config)
+        self.swap_runtime(rt)
 
     # ---- phases ---------------------------------------------------------------------------------
 
     def match_login(self, method: str, path: str) -> str | None:
-        if not self.logins:
+        logins = self.rt.logins
+        if not logins:
             return None
-        ep = self.logins.match(method, path)
+        ep = logins.match(method, path)
         return ep.id if ep is not None else None
 
+    def response_peek(self, login_id: str) -> int:
+        """How many bytes of a login response body the outcome classifier needs (0: none)."""
+        from guard.engine.outcome import BODY_PEEK, needs_body
+
+        ep = self.rt.logins.endpoints.get(login_id)
+        return BODY_PEEK if ep is not None and needs_body(ep.outcome) else 0
+
     async def on_request(self, req: RequestFacts) -> Decision:
-        """Headers are in.  Non-login requests are decided from memory only."""
+        """Headers are in.  Decided from memory: allow rules, bans, stateless rules."""
+        rt = self.rt
+        rules = rt.rules.request_rules
+        if not rules:
+            ban = self.bans.lookup(req.client_ip)
+            if ban is not None:
+                return self._finish(_banned(ban))
+            if req.login is not None:
+                req.scratch = LoginState(rt.logins.endpoints[req.login])
+            return PASS
+        ctx = self._context(req, rt, geo=rt.rules.needs_geo_request)
+        allowed = first_allow(rules, ctx)
+        if allowed is not None:
+            decision = allow_verdict(*allowed).decision
+            if req.login is not None:
+                req.scratch = LoginState(rt.logins.endpoints[req.login], ctx=ctx, allowed=decision)
+            return decision
         ban = self.bans.lookup(req.client_ip)
         if ban is not None:
             return self._finish(_banned(ban))
-        if req.login is None:
-            return PASS
-        return await self._login_state(req)
+        matches = match(rules, ctx)
+        if req.login is not None:
+            req.scratch = LoginState(rt.logins.endpoints[req.login], ctx=ctx, request_matches=matches)
+        verdict = decide(matches, rt.scoring, self.shadow)
+        if verdict.decision.action.blocks and not verdict.decision.shadow:
+            return await self._apply(verdict, ctx)
+        if req.login is not None:
+            return PASS  # non-blocking request-phase matches are combined with the login phase
+        return verdict.decision
 
     async def on_login(self, req: RequestFacts) -> Decision:
-        """The login body is buffered (``req.body``).  Rules on usernames come with the rules engine."""
-        return PASS
+        """The login body is buffered in ``req.body``: one store batch, then the login rules."""
+        from guard.engine.loginbody import extract
+        from guard.engine.usernames import password_fingerprint, username_key
 
-    async def on_response(self, req: RequestFacts, resp: ResponseFacts) -> None:
-        """The upstream answered a login.  Outcome counters come with the rules engine."""
-
-    # ---- helpers --------------------------------------------------------------------------------
-
-    async def _login_state(self, req: RequestFacts) -> Decision:
-        now = self.clock.now()
-        subjects = ip_subjects(req.client_ip)
+        rt = self.rt
+        state: LoginState | None = req.scratch
+        if state is None:
+            ep = rt.logins.endpoints.get(req.login or "")
+            if ep is None:
+                return PASS
+            state = LoginState(ep)
+            req.scratch = state
+        if state.allowed is not None:
+            return state.allowed
+        fields = extract(state.endpoint, req.content_type, req.body or b"")
+        ctx = state.ctx or self._context(req, rt, geo=False)
+        state.ctx = ctx
+        if rt.geo is not None and ctx.geo is NO_GEO:
+            ctx.geo = self._geo(ctx.ip)
+        ctx.body_error = fields.error
+        if fields.username:
+            ctx.username = rt.normalizer.normalize(fields.username)
+            ctx.user_key = username_key(self._secret, ctx.username)
+            ctx.honey = ctx.username in rt.honey_names
+        if fields.password:
+            ctx.password_fp = password_fingerprint(self._secret, fields.password)
+            if rt.breached is not None:
+                ctx.password_breached = await rt.breached.contains_async(fields.password)
+        keys = self._keys(ctx)
+        state.keys = keys
+        detector: dict[str, Any] = {}
+        ops, readers = self._login_batch(ctx, keys, rt, detector)
         try:
-            bans, _ = await self.store.execute(
-                [GetBans(subjects), Hit(f"login:ip:{req.client_ip}", LOGIN_WINDOW)], now
-            )
+            results = await self.store.execute(ops, ctx.now)
         except StoreError:
+            state.store_ok = False
             self._store_ok = False
             if self.config.store.fail_open:
                 return Decision(Action.LOG, (STORE_DOWN_OPEN,))
             return Decision(Action.UNAVAILABLE, (STORE_DOWN_CLOSED,), status=503)
         self._store_ok = True
-        for ban in bans:
+        for reader, value in zip(readers, results, strict=True):
+            reader(ctx, value)
+        attack_now = await self._attack_state(ctx, detector)
+        ctx.attack = attack_now
+        rules = rt.rules.login_rules
+        allowed = first_allow(rules, ctx)
+        if allowed is not None:
+            return allow_verdict(*allowed).decision
+        banned = results[0]
+        for ban in banned:
             if ban is not None:
                 self.bans.put(ban)
                 return self._finish(_banned(ban))
-        return PASS
+        verdict = decide([*state.request_matches, *match(rules, ctx)], rt.scoring, self.shadow)
+        return await self._apply(verdict, ctx)
+
+    async def on_response(self, req: RequestFacts, resp: ResponseFacts) -> str:
+        """The upstream answered a login: classify, then update counters and history.  Returns the outcome."""
+        from guard.engine.outcome import classify
+
+        state: LoginState | None = req.scratch
+        if state is None:
+            return "unknown"
+        outcome = str(classify(state.endpoint.outcome, resp.status, resp.headers, resp.body_head))
+        req.outcome = outcome
+        ctx = state.ctx
+        if ctx is None or not state.store_ok or outcome == "unknown" or state.allowed is not None:
+            return outcome
+        ops: list[Op] = []
+        metric = "failures" if outcome == "failure" else "successes"
+        for spec in self.rt.rules.counters:
+            if spec.metric == metric:
+                value = state.keys.get(spec.key)
+                if value is not None:
+                    ops.append(Hit(_counter_key(spec, value), spec.window))
+        a = self.config.attack
+        if a.enabled:
+            code = "f" if outcome == "failure" else "s"
+            ops.append(Hit(f"atk:{code}:short", a.window))
+            ops.append(Hit(f"atk:{code}:long", a.baseline))
+        if outcome == "success" and ctx.user_key is not None:
+            hist = ctx.account or AccountHistory()
+            hist.record_success(ctx.now, ctx.subnet, ctx.geo)
+            ops.append(Put(f"acct:{ctx.user_key}", json.dumps(hist.to_json()).encode(), ACCOUNT_TTL))
+        if ops:
+            try:
+                await self.store.execute(ops, self.clock.now())
+            except StoreError:
+                self._store_ok = False
+        return outcome
+
+    # ---- bans -----------------------------------------------------------------------------------
+
+    async def ban(self, subject: str, seconds: float, reason: str = "manual") -> Ban:
+        now = self.clock.now()
+        ban = Ban(subject, now + seconds, reason, now)
+        await self.store.ban(ban, now)
+        self.bans.put(ban)
+        return ban
+
+    async def unban(self, subject: str) -> bool:
+        """Remove a ban and the counters that caused it, so the next request does not re-ban at once."""
+        now = self.clock.now()
+        existed = await self.store.unban(subject, now)
+        self.bans.drop(subject)
+        kind, _, value = subject.partition(":")
+        key_kind = {"ip": "ip", "net": "subnet"}.get(kind)
+        ops: list[Op] = [Delete(f"banhist:{subject}")]
+        if key_kind is not None:
+            ops.extend(Delete(_counter_key(s, value)) for s in self.rt.rules.counters if s.key == key_kind)
+        await self.store.execute(ops, now)
+        return existed
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def _geo(self, ip: str) -> GeoFacts:
+        geo = self.rt.geo
+        if geo is None:
+            return NO_GEO
+        info = geo.lookup(ip)
+        if not info.country and not info.asn:
+            return NO_GEO
+        return GeoFacts(info.country, info.continent, info.asn, info.asn_org, info.latitude, info.longitude)
+
+    def _context(self, req: RequestFacts, rt: Runtime, geo: bool) -> Context:
+        ip = req.client_ip
+        try:
+            subnet = subnet_of(ip)
+        except ValueError:
+            subnet = ip
+        ctx = Context(req=req, now=self.clock.now(), ip=ip, subnet=subnet, login=req.login)
+        if geo and rt.geo is not None:
+            ctx.geo = self._geo(ip)
+        return ctx
+
+    @staticmethod
+    def _keys(ctx: Context) -> dict[str, str]:
+        keys = {"ip": ctx.ip, "subnet": ctx.subnet, "global": "all"}
+        if ctx.geo.asn:
+            keys["asn"] = str(ctx.geo.asn)
+        if ctx.geo.country:
+            keys["country"] = ctx.geo.country
+        if ctx.user_key is not None:
+            keys["username"] = ctx.user_key
+        if ctx.password_fp is not None:
+            keys["password"] = ctx.password_fp
+        if ctx.device is not None:
+            keys["device"] = ctx.device
+        return keys
+
+    def _login_batch(
+        self, ctx: Context, keys: dict[str, str], rt: Runtime, detector: dict[str, Any]
+    ) -> tuple[list[Op], list[Any]]:
+        ops: list[Op] = [GetBans(ip_subjects(ctx.ip))]
+        readers: list[Any] = [_ignore]
+        for spec in rt.rules.counters:
+            value = keys.get(spec.key)
+            if value is None:
+                continue
+            key = _counter_key(spec, value)
+            m = spec.metric
+            if m == "attempts":
+                ops.append(Hit(key, spec.window))
+            elif m == "distinct_usernames":
+                if ctx.user_key is None:
+                    continue
+                ops.append(AddDistinct(key, spec.window, ctx.user_key))
+            elif m == "distinct_ips":
+                ops.append(AddDistinct(key, spec.window, ctx.ip))
+            else:
+                ops.append(Count(key, spec.window))
+            readers.append(_set_counter(spec))
+        if rt.rules.needs_account and ctx.user_key is not None:
+            ops.append(Get(f"acct:{ctx.user_key}"))
+            readers.append(_set_account)
+        if rt.rules.needs_flags:
+            subjects = [("ip", f"flag:ip:{ctx.ip}"), ("subnet", f"flag:net:{ctx.subnet}")]
+            if ctx.user_key is not None:
+                subjects.append(("account", f"flag:acct:{ctx.user_key}"))
+            for name, key in subjects:
+                ops.append(Get(key))
+                readers.append(_set_flag(name))
+        a = self.config.attack
+        if a.enabled:
+            ops.extend([Count("atk:f:short", a.window), Count("atk:f:long", a.baseline), Get("atk:on")])
+            readers.extend([_into(detector, "f_short"), _into(detector, "f_long"), _into(detector, "atk_on")])
+        return ops, readers
+
+    async def _attack_state(self, ctx: Context, raw: dict[str, Any]) -> bool:
+        """Global failure spike against the learned baseline, with hysteresis (``attack.hold``)."""
+        a = self.config.attack
+        if not a.enabled:
+            return False
+        if raw.get("atk_on") is not None:
+            self._attack_until = max(self._attack_until, ctx.now + 1)
+            return True
+        short = float(raw.get("f_short", 0) or 0)
+        long_ = float(raw.get("f_long", 0) or 0)
+        rate_now = short / a.window
+        baseline = max(long_ / a.baseline, a.floor_per_hour / 3600.0)
+        spiking = short >= a.min_failures and rate_now > a.factor * baseline
+        if spiking and a.hold > 0:
+            try:
+                await self.store.execute(
+                    [Put("atk:on", json.dumps({"since": ctx.now, "rate": rate_now}).encode(), a.hold)], ctx.now
+                )
+            except StoreError:
+                pass
+            self._attack_until = ctx.now + a.hold
+            log.warning(
+                "attack in progress: global login failure rate above baseline",
+                extra={"failures_window": short, "rate_per_min": round(rate_now * 60, 2),
+                       "baseline_per_min": round(baseline * 60, 3)},
+            )
+        return spiking
+
+    async def _apply(self, verdict: Verdict, ctx: Context) -> Decision:
+        """Side effects of a verdict: bans (with escalation) and flags.  Skipped in shadow mode."""
+        decision = verdict.decision
+        if decision.shadow:
+            return decision
+        rule = verdict.winner
+        ops: list[Op] = []
+        for r in verdict.matched:
+            if r.flag is not None:
+                for subject in r.flag.subjects:
+                    key = {"ip": f"flag:ip:{ctx.ip}", "subnet": f"flag:net:{ctx.subnet}"}.get(subject)
+                    if subject == "account" and ctx.user_key is not None:
+                        key = f"flag:acct:{ctx.user_key}"
+                    if key is not None:
+                        ops.append(Put(key, r.id.encode(), r.flag.duration))
+        if ops:
+            try:
+                await self.store.execute(ops, ctx.now)
+            except StoreError:
+                log.warning("could not store flags: store unreachable")
+        if decision.action is Action.BAN and rule is not None and rule.ban is not None:
+            spec = rule.ban
+            subject = f"ip:{ctx.ip}" if spec.key == "ip" else f"net:{ctx.subnet}"
+            try:
+                (n,) = await self.store.execute([Incr(f"banhist:{subject}", self.config.bans.history)], ctx.now)
+                seconds = spec.duration_for(int(n) - 1)
+                await self.ban(subject, seconds, rule.id)
+            except StoreError:
+                seconds = spec.duration
+                self.bans.put(Ban(subject, ctx.now + seconds, rule.id, ctx.now))
+                log.warning("ban kept locally only: store unreachable", extra={"rule": rule.id})
+            return Decision(
+                Action.BAN, decision.reasons, status=403, ban_seconds=seconds,
+            )
+        return decision
 
     def _finish(self, decision: Decision) -> Decision:
         if self.shadow and decision.action.blocks:
@@ -107,7 +439,48 @@ class Engine:
     async def status(self) -> EngineStatus:
         ok = await self.store.ping()
         self._store_ok = ok
-        return EngineStatus(store_ok=ok, bans_cached=len(self.bans))
+        return EngineStatus(
+            store_ok=ok, bans_cached=len(self.bans), rules=len(self.rt.rules.rules),
+            attack=self._attack_until > self.clock.now(),
+        )
+
+    @property
+    def attack_in_progress(self) -> bool:
+        return self._attack_until > self.clock.now()
+
+
+def _ignore(ctx: Context, value: Any) -> None:
+    return None
+
+
+def _set_counter(spec: CounterSpec) -> Any:
+    def reader(ctx: Context, value: Any) -> None:
+        ctx.counters[spec] = float(value or 0)
+
+    return reader
+
+
+def _set_account(ctx: Context, value: Any) -> None:
+    if value:
+        try:
+            ctx.account = AccountHistory.from_json(json.loads(value))
+        except (ValueError, TypeError):
+            ctx.account = None
+
+
+def _set_flag(name: str) -> Any:
+    def reader(ctx: Context, value: Any) -> None:
+        if value is not None:
+            ctx.flags = ctx.flags | {name}
+
+    return reader
+
+
+def _into(target: dict[str, Any], name: str) -> Any:
+    def reader(ctx: Context, value: Any) -> None:
+        target[name] = value
+
+    return reader
 
 
 def _banned(ban: Ban) -> Decision:
@@ -116,3 +489,5 @@ def _banned(ban: Ban) -> Decision:
         (Reason("banned", f"{ban.subject} banned ({ban.reason or 'manual'})", values={"until": int(ban.until)}),),
         status=403,
     )
+
+

@@ -33,6 +33,7 @@ class Reason:
     detail: str = ""
     score: float = 0.0
     values: Mapping[str, float | int | str] = field(default_factory=dict)
+    shadow: bool = False       # a shadow-mode rule: reported, not enforced
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"rule": self.rule}
@@ -42,6 +43,8 @@ class Reason:
             out["score"] = self.score
         if self.values:
             out["values"] = dict(self.values)
+        if self.shadow:
+            out["shadow"] = True
         return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -26,6 +27,8 @@ class RequestFacts:
     login: str | None = None          # id of the matched login endpoint
     body: bytes | None = None
     content_type: str = ""
+    outcome: str | None = None        # login outcome once the upstream answered (success/failure/unknown)
+    scratch: Any = None               # the engine's per-request state between phases; adapters don't touch it
 
 
 @dataclass(slots=True)
