@@ -84,11 +84,25 @@ async def serve(config_path: Path, config: Config, worker: int = 0) -> int:
             log.info("config reloaded", extra={"worker": worker})
 
     reload_task = loop.create_task(reloader())
+
+    def watched() -> list[Path]:
+        from guard.engine.runtime import watched_files
+
+        return watched_files(server.config, config_path)
+
+    async def changed() -> None:
+        log.info("config or rule files changed; reloading", extra={"worker": worker})
+        on_hup()
+
+    from guard.filewatch import watch
+
+    watch_task = loop.create_task(watch(watched, changed))
     await stop.wait()
     log.info("draining", extra={"worker": worker, "grace_s": config.timeouts.shutdown_grace})
-    reload_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await reload_task
+    for task in (reload_task, watch_task):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await server.stop(config.timeouts.shutdown_grace)
     log.info("stopped", extra={"worker": worker})
     return 0

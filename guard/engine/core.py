@@ -298,10 +298,8 @@ class Engine:
         geo = self.rt.geo
         if geo is None:
             return NO_GEO
-        info = geo.lookup(ip)
-        if not info.country and not info.asn:
-            return NO_GEO
-        return GeoFacts(info.country, info.continent, info.asn, info.asn_org, info.latitude, info.longitude)
+        info: GeoFacts = geo.lookup(ip)
+        return info
 
     def _context(self, req: RequestFacts, rt: Runtime, geo: bool) -> Context:
         ip = req.client_ip

@@ -85,7 +85,7 @@ def build_runtime(config: Config, strict_lists: bool = False) -> Runtime:
     if g.hosting_asns is not None:
         from guard.geo import HostingASNs
 
-        hosting = frozenset(HostingASNs.load(g.hosting_asns).asns)
+        hosting = frozenset(HostingASNs.load(g.hosting_asns))
     breached = None
     if config.breached_passwords is not None:
         from guard.breached import BreachedPasswords

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
+from guard.geo import EMPTY, GeoInfo
+
 if TYPE_CHECKING:
     from guard.engine.facts import RequestFacts
 
@@ -40,17 +42,9 @@ class CounterSpec:
         return f"{self.key}.{self.metric}.{self.window:g}s"
 
 
-@dataclass(frozen=True, slots=True)
-class GeoFacts:
-    country: str = ""
-    continent: str = ""
-    asn: int = 0
-    asn_org: str = ""
-    latitude: float | None = None
-    longitude: float | None = None
-
-
-NO_GEO = GeoFacts()
+# The GeoIP answer type is the geo module's; the engine passes it through untouched.
+GeoFacts = GeoInfo
+NO_GEO = EMPTY
 
 
 @dataclass(slots=True)

@@ -8,11 +8,11 @@ that an attacker's country is normal.
 
 from __future__ import annotations
 
-import math
 import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from guard.geo import haversine_km
 from guard.rules.conditions.request import MAX_MATCH_INPUT, _compile
 from guard.rules.context import Context, Phase
 from guard.rules.registry import NO_VALUES, CompileEnv, Condition, Values, register
@@ -137,16 +137,6 @@ def _hosting(args: bool, env: CompileEnv) -> Condition:
 
 # ---- per-account geo ------------------------------------------------------------------------------
 
-EARTH_RADIUS_KM = 6371.0088
-
-
-def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
-
-
 class TravelArgs(_Args):
     speed_kmh: float = Field(1000.0, gt=0, description="faster than an airliner is impossible")
     min_km: float = Field(300.0, ge=0, description="ignore jumps shorter than GeoIP's own error")
@@ -167,7 +157,7 @@ class ImpossibleTravel(Condition):
             return None
         if geo.latitude is None or geo.longitude is None:
             return None
-        km = _haversine_km(acct.last_lat, acct.last_lon, geo.latitude, geo.longitude)
+        km = haversine_km(acct.last_lat, acct.last_lon, geo.latitude, geo.longitude)
         if km < self.min_km:
             return None
         hours = max(ctx.now - acct.last_success, 1.0) / 3600.0
