@@ -146,10 +146,24 @@ class OutcomeConfig(_Model):
     failure_status: tuple[int, ...] = (200, 400, 401, 403, 422)
     success_location: Regex | None = Field(None, description="a redirect is a success only if Location matches")
     failure_location: Regex | None = Field(None, description="a redirect whose Location matches is a failure")
-    success_body: str | None = Field(None, description="text in the first 64 KB of the body that means success")
-    failure_body: str | None = Field(None, description="text in the first 64 KB of the body that means failure")
-    success_cookie: str | None = Field(None, description="a Set-Cookie of this name means success")
+    success_body: str | None = Field(
+        None, min_length=1, description="text in the first 64 KB of the body that means success"
+    )
+    failure_body: str | None = Field(
+        None, min_length=1, description="text in the first 64 KB of the body that means failure"
+    )
+    success_cookie: str | None = Field(None, min_length=1, description="a Set-Cookie of this name means success")
     json_field: JsonOutcome | None = Field(None, description="a field of a JSON response body")
+
+    @model_validator(mode="after")
+    def _statuses(self) -> OutcomeConfig:
+        both = set(self.success_status) & set(self.failure_status)
+        if both:
+            raise ValueError(f"status codes {sorted(both)} are in both success_status and failure_status")
+        bad = [c for c in (*self.success_status, *self.failure_status) if not 100 <= c <= 599]
+        if bad:
+            raise ValueError(f"not HTTP status codes: {bad}")
+        return self
 
 
 class LoginEndpoint(_Model):
@@ -179,19 +193,25 @@ class LoginEndpoint(_Model):
     @field_validator("charset")
     @classmethod
     def _charset(cls, v: str | None) -> str | None:
-        import codecs
+        from guard.engine.loginbody import usable_charset
 
-        if v is not None:
-            try:
-                codecs.lookup(v)
-            except LookupError:
-                raise ValueError(f"unknown charset {v!r}") from None
+        if v is not None and usable_charset(v) is None:
+            raise ValueError(f"unknown or unusable charset {v!r} (use utf-8, shift_jis, euc-jp, iso-8859-1, ...)")
         return v
 
     @model_validator(mode="after")
     def _path_regex(self) -> LoginEndpoint:
         if self.match == "regex":
             _regex(self.path)
+        from guard.engine.loginbody import parse_pointer
+
+        for name in ("username", "password"):
+            value = getattr(self, name)
+            if value and value.startswith("/"):
+                try:
+                    parse_pointer(value)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: bad JSON pointer {value!r}: {exc}") from None
         return self
 
 
