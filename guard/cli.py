@@ -65,6 +65,17 @@ def _cmd_ban(args: argparse.Namespace) -> int:
     return ban_main(args)
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from guard.demo.simulate import Scenario, check, report, run
+
+    summary = asyncio.run(run(Scenario(seed=args.seed).scaled(args.scale), progress=False))
+    for line in report(summary):
+        print(line)
+    return 0 if all(ok for _, ok, _ in check(summary)) else 1
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from guard.supervisor import run
 
@@ -130,6 +141,14 @@ def _parser() -> argparse.ArgumentParser:
     bdel = bsub.add_parser("del", help="remove a ban (and the counters that caused it)")
     bdel.add_argument("subject", help="an IP address or a CIDR")
     ban.set_defaults(func=_cmd_ban)
+
+    sim = add(
+        "simulate", "replay a credential-stuffing attack against a bundled legacy app behind the guard",
+        "guard simulate --scale 0.5",
+    )
+    sim.add_argument("--scale", type=float, default=1.0, help="population scale (1.0: 3,000 accounts)")
+    sim.add_argument("--seed", type=int, default=2021, help="random seed (default: %(default)s)")
+    sim.set_defaults(func=_cmd_simulate)
 
     schema = add("schema", "print the JSON Schema of guard.yaml (for editors)", "guard schema > guard.schema.json")
     schema.set_defaults(func=_cmd_schema)

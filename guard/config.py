@@ -296,7 +296,7 @@ class AttackConfig(_Model):
     window: Duration = Field(300.0, gt=0)
     baseline: Duration = Field(6 * 3600.0, gt=0)
     factor: float = Field(3.0, gt=1)
-    min_failures: int = Field(20, ge=1)
+    min_failures: int = Field(5, ge=1)
     floor_per_hour: float = Field(
         12.0, ge=0, description="the baseline is never taken as lower than this many failures per hour"
     )

@@ -278,7 +278,8 @@ class Engine:
         if a.enabled:
             code = "f" if outcome == "failure" else "s"
             ops.append(Hit(f"atk:{code}:short", a.window))
-            ops.append(Hit(f"atk:{code}:long", a.baseline))
+            if not ctx.attack:  # the baseline must not learn the attack as the new normal
+                ops.append(Hit(f"atk:{code}:long", a.baseline))
         if outcome == "success" and ctx.user_key is not None:
             hist = ctx.account or AccountHistory()
             hist.record_success(ctx.now, ctx.subnet, ctx.geo)
@@ -428,11 +429,18 @@ class Engine:
                         key = f"flag:acct:{ctx.user_key}"
                     if key is not None:
                         ops.append(Put(key, r.id.encode(), r.flag.duration))
+        a = self.config.attack
+        if a.enabled and ctx.login is not None and decision.action.blocks:
+            # A refused login is an attempt the upstream never judged: count it as a failure for
+            # the attack detector, or the detector would calm down exactly because it works.
+            ops.append(Hit("atk:f:short", a.window))
+            if not ctx.attack:
+                ops.append(Hit("atk:f:long", a.baseline))
         if ops:
             try:
                 await self.store.execute(ops, ctx.now)
             except StoreError:
-                log.warning("could not store flags: store unreachable")
+                log.warning("could not store flags and detector counts: store unreachable")
         if decision.action is Action.BAN and rule is not None and rule.ban is not None:
             spec = rule.ban
             subject = f"ip:{ctx.ip}" if spec.key == "ip" else f"net:{ctx.subnet}"
