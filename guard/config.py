@@ -297,6 +297,9 @@ class AttackConfig(_Model):
     baseline: Duration = Field(6 * 3600.0, gt=0)
     factor: float = Field(3.0, gt=1)
     min_failures: int = Field(5, ge=1)
+    min_sources: int = Field(
+        4, ge=1, description="failures must come from at least this many subnets: one user's typos are no attack"
+    )
     floor_per_hour: float = Field(
         12.0, ge=0, description="the baseline is never taken as lower than this many failures per hour"
     )

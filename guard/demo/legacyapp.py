@@ -83,7 +83,7 @@ async def _login(request: web.Request) -> web.Response:
         return web.Response(text=page, content_type="text/html")
     sid = secrets.token_urlsafe(16)
     request.app[SESSIONS][sid] = acct.login
-    resp = web.HTTPFound("/contact")
+    resp = web.Response(status=302, headers={"Location": "/contact"})
     resp.set_cookie("SID", sid, httponly=True, samesite="Lax")
     return resp
 

@@ -34,7 +34,7 @@ from guard.rules.context import NO_GEO, AccountHistory, Context, CounterSpec, Ge
 from guard.rules.evaluate import Verdict, allow_verdict, decide, first_allow, match
 from guard.rules.model import Rule
 from guard.store.base import (
-    AddDistinct, Ban, Count, Delete, Get, GetBans, Hit, Incr, Op, Put, PutNew, Store, StoreError,
+    AddDistinct, Ban, Count, CountDistinct, Delete, Get, GetBans, Hit, Incr, Op, Put, PutNew, Store, StoreError,
 )
 
 log = logging.getLogger("guard.engine")
@@ -278,6 +278,8 @@ class Engine:
         if a.enabled:
             code = "f" if outcome == "failure" else "s"
             ops.append(Hit(f"atk:{code}:short", a.window))
+            if outcome == "failure":
+                ops.append(AddDistinct("atk:fsrc", a.window, ctx.subnet))
             if not ctx.attack:  # the baseline must not learn the attack as the new normal
                 ops.append(Hit(f"atk:{code}:long", a.baseline))
         if outcome == "success" and ctx.user_key is not None:
@@ -382,8 +384,14 @@ class Engine:
                 readers.append(_set_flag(name))
         a = self.config.attack
         if a.enabled:
-            ops.extend([Count("atk:f:short", a.window), Count("atk:f:long", a.baseline), Get("atk:on")])
-            readers.extend([_into(detector, "f_short"), _into(detector, "f_long"), _into(detector, "atk_on")])
+            ops.extend([
+                Count("atk:f:short", a.window), Count("atk:f:long", a.baseline),
+                CountDistinct("atk:fsrc", a.window), Get("atk:on"),
+            ])
+            readers.extend([
+                _into(detector, "f_short"), _into(detector, "f_long"), _into(detector, "sources"),
+                _into(detector, "atk_on"),
+            ])
         return ops, readers
 
     async def _attack_state(self, ctx: Context, raw: dict[str, Any]) -> bool:
@@ -398,7 +406,8 @@ class Engine:
         long_ = float(raw.get("f_long", 0) or 0)
         rate_now = short / a.window
         baseline = max(long_ / a.baseline, a.floor_per_hour / 3600.0)
-        spiking = short >= a.min_failures and rate_now > a.factor * baseline
+        sources = int(raw.get("sources", 0) or 0)
+        spiking = short >= a.min_failures and sources >= a.min_sources and rate_now > a.factor * baseline
         if spiking and a.hold > 0:
             try:
                 await self.store.execute(
@@ -434,6 +443,7 @@ class Engine:
             # A refused login is an attempt the upstream never judged: count it as a failure for
             # the attack detector, or the detector would calm down exactly because it works.
             ops.append(Hit("atk:f:short", a.window))
+            ops.append(AddDistinct("atk:fsrc", a.window, ctx.subnet))
             if not ctx.attack:
                 ops.append(Hit("atk:f:long", a.baseline))
         if ops:
