@@ -1,0 +1,1 @@
+"""Seeing what the guard does: metrics, the decision log, live views, the exposure ledger."""
