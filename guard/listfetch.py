@@ -363,7 +363,9 @@ class ListFetcher:
         src = slot.source
         return str(src.path) if src.path is not None else _safe_url(src.url or "")
 
-    def _check(self, result: ParseResult) -> None:
+    def _check(self, result: ParseResult, allow_empty: bool = False) -> None:
+        if result.entries == 0 and allow_empty and result.bad == 0:
+            return  # an operator's file with only comments is a deliberately empty list
         if result.entries == 0:
             raise _Refused(Outcome.REJECTED, f"no entries ({result.bad} bad lines)")
         if result.bad_ratio > self._max_bad_ratio:
@@ -399,7 +401,7 @@ class ListFetcher:
             # this version was already looked at and refused; say so again without re-parsing
             raise _Refused(Outcome.REJECTED, slot.status.last_error or "rejected")
         slot.seen_sig = sig
-        self._check(result)
+        self._check(result, allow_empty=True)
         self._install(slot, result, "file")
         slot.file_sig = sig
         return Outcome.LOADED

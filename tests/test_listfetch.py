@@ -415,3 +415,13 @@ def test_duplicate_names_are_an_error() -> None:
     src = ListSource("x", url="https://x/")
     with pytest.raises(ValueError, match="list 'x' given twice"):
         ListFetcher(NamedLists(), [src, src])
+
+
+async def test_a_file_list_of_only_comments_is_a_valid_empty_list(tmp_path: Path) -> None:
+    """The shipped allowlist starts empty: that is a choice, not a broken download."""
+    path = tmp_path / "allow.txt"
+    path.write_bytes(b"# nothing allowlisted yet\n; another comment\n")
+    lists = NamedLists()
+    async with ListFetcher(lists, [ListSource("allow", path=path, refresh=60)]) as f:
+        assert await f.refresh_once("allow") is Outcome.LOADED
+        assert len(lists["allow"]) == 0 and f.status["allow"].failures == 0
