@@ -78,6 +78,10 @@ async def serve(config_path: Path, config: Config, worker: int = 0) -> int:
                 continue
             try:
                 await server.reload(new)
+            except SourceError as exc:
+                for p in exc.problems:
+                    log.error("reload rejected, old config stays live: %s", p, extra={"worker": worker})
+                continue
             except Exception:
                 log.exception("reload failed, old config stays live", extra={"worker": worker})
                 continue
