@@ -361,6 +361,14 @@ class Config(_Model):
         "shared through the store",
     )
     shadow: bool = Field(False, description="decide and log, but let every request through")
+    observe_score: float = Field(
+        30.0, ge=0, description="exposure ledger: a successful login whose rule score reaches this is flagged"
+    )
+    state_dir: Path = Field(
+        Path("var"),
+        description="where the memory store keeps what must survive a restart (fingerprint key, exposure "
+        "ledger); relative to the config file",
+    )
 
     @field_validator("upstream")
     @classmethod
@@ -434,6 +442,9 @@ def _resolve_paths(cfg_dir: Path, data: Any) -> None:
         for spec in lists.values():
             if isinstance(spec, dict) and isinstance(spec.get("file"), str) and not os.path.isabs(spec["file"]):
                 spec["file"] = str(cfg_dir / spec["file"])
+    sd = data.get("state_dir", "var")
+    if isinstance(sd, str) and not os.path.isabs(sd):
+        data["state_dir"] = str(cfg_dir / sd)
     bp = data.get("breached_passwords")
     if isinstance(bp, str) and not os.path.isabs(bp):
         data["breached_passwords"] = str(cfg_dir / bp)

@@ -243,3 +243,71 @@ async def test_one_batch_per_login_decision(redis_url: str, tmp_path: Path) -> N
 
 def test_store_ops_importable() -> None:
     assert Hit("k", 1.0).amount == 1
+
+
+class Recorder:
+    """An observer that keeps what it is told (the NullObserver's shape)."""
+
+    def __init__(self) -> None:
+        from guard.observe.events import ExposureEntry
+
+        self.exposures: list[ExposureEntry] = []
+        self.bans: list[tuple[str, float, str, bool]] = []
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return lambda *a, **k: None
+
+    def exposure(self, entry) -> None:  # type: ignore[no-untyped-def]
+        self.exposures.append(entry)
+
+    def ban(self, subject: str, seconds: float, reason: str, removed: bool = False) -> None:
+        self.bans.append((subject, seconds, reason, removed))
+
+
+async def test_valid_password_from_flagged_source_is_ledgered_sealed(tmp_path: Path) -> None:
+    rules = RULES + """
+  - id: decoy
+    description: decoy account
+    when: {honey_account: true}
+    action: block
+    flag: {subjects: [ip], for: 1h}
+  - id: flagged
+    description: flagged sources
+    when: {login: true, flagged: ip}
+    action: log
+    score: 40
+"""
+    cfg = make_config(tmp_path, "honey_accounts: [admin]\n", rules=rules)
+    eng = Engine(cfg, MemoryStore("t:", 10_000, 1000), VirtualClock(), secret=b"k" * 32)
+    rec = Recorder()
+    eng.observer = rec  # type: ignore[assignment]
+    await eng.start()
+    try:
+        d, _ = await login(eng, "192.0.2.70", "admin")
+        assert d.action is Action.BLOCK
+        await login(eng, "192.0.2.71", "carol@example.jp", outcome=302)  # unflagged source: no row
+        d, _ = await login(eng, "192.0.2.70", "Alice@Example.JP", outcome=302)
+        assert d.reason_ids() == ["flagged"]
+        assert len(rec.exposures) == 1
+        row = rec.exposures[0]
+        assert row.ip == "192.0.2.70" and row.seen and "flagged:ip" in row.flags and "score" in row.flags
+        assert "alice" not in row.login_sealed.lower()
+        assert eng.sealer.open(row.login_sealed) == "alice@example.jp"
+        await eng.unban("ip:192.0.2.70")
+        await eng.ban("ip:192.0.2.70", 60, "manual")
+        assert rec.bans[-1] == ("ip:192.0.2.70", 60, "manual", False)
+    finally:
+        await eng.close()
+
+
+async def test_memory_store_secret_survives_a_restart(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, f"state_dir: {tmp_path / 'state'}\n")
+    first = Engine(cfg, MemoryStore("t:", 10_000, 1000), VirtualClock())
+    await first.start()
+    key = first._secret  # noqa: SLF001
+    await first.close()
+    second = Engine(cfg, MemoryStore("t:", 10_000, 1000), VirtualClock())
+    await second.start()
+    assert second._secret == key and len(key) >= 32  # noqa: SLF001
+    assert (tmp_path / "state" / "secret.key").stat().st_mode & 0o777 == 0o600
+    await second.close()

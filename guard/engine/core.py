@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from guard.config import Config, LoginEndpoint
@@ -30,6 +32,8 @@ from guard.engine.clock import Clock, SystemClock
 from guard.engine.decision import PASS, Action, Decision, Reason
 from guard.engine.facts import RequestFacts, ResponseFacts
 from guard.engine.runtime import Runtime, build_runtime
+from guard.engine.sealing import LoginSealer
+from guard.observe.events import ExposureEntry, NullObserver, Observer
 from guard.rules.context import NO_GEO, AccountHistory, Context, CounterSpec, GeoFacts
 from guard.rules.evaluate import Verdict, allow_verdict, decide, first_allow, match
 from guard.rules.model import Rule
@@ -67,6 +71,7 @@ class LoginState:
     keys: dict[str, str] = field(default_factory=dict)      # key kind -> key value
     store_ok: bool = True
     allowed: Decision | None = None                          # an allow rule matched at the request phase
+    decision: Decision | None = None                         # what on_login decided
 
 
 def _counter_key(spec: CounterSpec, value: str) -> str:
@@ -92,8 +97,16 @@ class Engine:
         self._store_ok = True
         self._attack_until = 0.0
         self._fetcher: Any = None
+        self.observer: Observer = NullObserver()
+        self._sealer: LoginSealer | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def sealer(self) -> LoginSealer:
+        if self._sealer is None:
+            self._sealer = LoginSealer(self._secret or b"unset-secret-unset")
+        return self._sealer
 
     async def start(self) -> None:
         await self.store.start()
@@ -122,7 +135,14 @@ class Engine:
         return fetcher
 
     async def _shared_secret(self) -> bytes:
-        """A key for username/password fingerprints that every instance sharing the store agrees on."""
+        """A key for username/password fingerprints that every instance sharing the store agrees on.
+
+        With Redis the key lives in Redis (every instance and every restart agree); with the
+        memory store it lives in ``state_dir/secret.key`` (mode 0600), so counters, history and
+        the exposure ledger stay readable across restarts.
+        """
+        if self.config.store.backend == "memory":
+            return await asyncio.to_thread(_file_secret, self.config.state_dir / "secret.key")
         candidate = secrets.token_hex(32).encode()
         try:
             await self.store.execute([PutNew(SECRET_KEY, candidate, 10 * 365 * 86400.0)], self.clock.now())
@@ -253,10 +273,16 @@ class Engine:
                 self.bans.put(ban)
                 return self._finish(_banned(ban))
         verdict = decide([*state.request_matches, *match(rules, ctx)], rt.scoring, self.shadow)
-        return await self._apply(verdict, ctx)
+        decision = await self._apply(verdict, ctx)
+        state.decision = decision
+        return decision
 
-    async def on_response(self, req: RequestFacts, resp: ResponseFacts) -> str:
-        """The upstream answered a login: classify, then update counters and history.  Returns the outcome."""
+    async def on_response(self, req: RequestFacts, resp: ResponseFacts, seen: bool = True) -> str:
+        """The upstream answered a login: classify, then update counters and history.  Returns the outcome.
+
+        ``seen`` says whether the upstream's answer reaches the client (False when the guard
+        holds it behind a second factor): the exposure ledger records which.
+        """
         from guard.engine.outcome import classify
 
         state: LoginState | None = req.scratch
@@ -286,12 +312,58 @@ class Engine:
             hist = ctx.account or AccountHistory()
             hist.record_success(ctx.now, ctx.subnet, ctx.geo)
             ops.append(Put(f"acct:{ctx.user_key}", json.dumps(hist.to_json()).encode(), ACCOUNT_TTL))
+            self._exposure(state, ctx, seen)
         if ops:
             try:
                 await self.store.execute(ops, self.clock.now())
             except StoreError:
                 self._store_ok = False
         return outcome
+
+    def _exposure(self, state: LoginState, ctx: Context, seen: bool) -> None:
+        """A valid password from a flagged source goes into the exposure ledger (login id sealed)."""
+        if ctx.user_key is None or ctx.username is None:
+            return
+        flags: list[str] = []
+        decision = state.decision
+        rules: tuple[str, ...] = ()
+        if decision is not None:
+            enforced = [r for r in decision.reasons if not r.shadow and r.rule not in ("score",)]
+            rules = tuple(r.rule for r in enforced)
+            total = sum(r.score for r in enforced)
+            if total >= self.config.observe_score or decision.action.blocks:
+                flags.append("score")
+        if ctx.flags:
+            flags.extend(f"flagged:{f}" for f in sorted(ctx.flags))
+        if ctx.honey:
+            flags.append("honey")
+        if ctx.attack:
+            flags.append("attack")
+        lists = self.rt.lists
+        for name in self.config.ip_lists:
+            if name.startswith("allow"):
+                continue
+            ipset = lists.get(name) if lists else None
+            if ipset is not None and ipset.contains(ctx.ip):
+                flags.append(f"list:{name}")
+        if not flags:
+            return
+        self.observer.exposure(ExposureEntry(
+            ts=ctx.now, user_key=ctx.user_key, login_sealed=self.sealer.seal(ctx.username), ip=ctx.ip,
+            country=ctx.geo.country, asn=ctx.geo.asn, flags=tuple(flags), seen=seen,
+            endpoint=state.endpoint.id, rules=rules,
+        ))
+
+    def describe(self, req: RequestFacts) -> tuple[str | None, str, int, float]:
+        """(username key, country, ASN, score) of a login request, for the decision log."""
+        state = req.scratch
+        if not isinstance(state, LoginState) or state.ctx is None:
+            return None, "", 0, 0.0
+        ctx = state.ctx
+        score = 0.0
+        if state.decision is not None:
+            score = sum(r.score for r in state.decision.reasons if not r.shadow and r.rule != "score")
+        return ctx.user_key, ctx.geo.country, ctx.geo.asn, score
 
     # ---- bans -----------------------------------------------------------------------------------
 
@@ -300,6 +372,7 @@ class Engine:
         ban = Ban(subject, now + seconds, reason, now)
         await self.store.ban(ban, now)
         self.bans.put(ban)
+        self.observer.ban(subject, seconds, reason)
         return ban
 
     async def unban(self, subject: str) -> bool:
@@ -307,6 +380,8 @@ class Engine:
         now = self.clock.now()
         existed = await self.store.unban(subject, now)
         self.bans.drop(subject)
+        if existed:
+            self.observer.ban(subject, 0.0, "unban", removed=True)
         kind, _, value = subject.partition(":")
         key_kind = {"ip": "ip", "net": "subnet"}.get(kind)
         ops: list[Op] = [Delete(f"banhist:{subject}")]
@@ -416,6 +491,7 @@ class Engine:
             except StoreError:
                 pass
             self._attack_until = ctx.now + a.hold
+            self.observer.attack(True, short, rate_now * 60, baseline * 60)
             log.warning(
                 "attack in progress: global login failure rate above baseline",
                 extra={"failures_window": short, "rate_per_min": round(rate_now * 60, 2),
@@ -483,6 +559,21 @@ class Engine:
     @property
     def attack_in_progress(self) -> bool:
         return self._attack_until > self.clock.now()
+
+
+def _file_secret(path: Path) -> bytes:
+    try:
+        data = path.read_bytes().strip()
+        if len(data) >= 32:
+            return data
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(value + b"\n")
+    return value
 
 
 def _ignore(ctx: Context, value: Any) -> None:
