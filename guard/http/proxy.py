@@ -1,0 +1,288 @@
+"""The public request handler: resolve the client, ask the engine, forward, stream back.
+
+This is the hot path, driven by aiohttp's low-level server (no router, no
+middleware).  Per request it builds one ``RequestFacts``, one header list for
+the upstream and one response; bodies are streamed chunk by chunk in both
+directions, except login bodies, which the engine needs whole.  The common
+case runs in two frames (``__call__`` and ``_forward``): every extra coroutine
+layer is paid again at each suspension.
+
+Failure policy: any unexpected exception before the response starts becomes a
+branded 500 page and a logged traceback (never an empty 200); after the
+response has started, the client connection is closed so a truncated body can
+never pass for a complete one.
+
+Timing written to the request log: ``upstream`` is the wait for the upstream's
+response head; ``overhead`` is the guard's share of the time to the first
+response byte (decision, tarpit, login body read), i.e. time to first byte
+minus ``upstream``.  Streaming time is neither: it is set by the client's and
+the upstream's bandwidth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import cast
+
+from aiohttp import ClientError, ClientOSError, ClientResponse, ServerDisconnectedError, web
+from multidict import CIMultiDictProxy
+
+from guard.accesslog import RequestLog
+from guard.clientip import resolve
+from guard.engine import PASS, Action, Decision, RequestFacts, ResponseFacts
+from guard.http import websocket
+from guard.http.bodies import read_login_body, read_response_head, send_continue
+from guard.http.headers import (
+    Forwarding,
+    connection_tokens,
+    readable_encodings,
+    request_headers,
+    strip_hop_by_hop,
+)
+from guard.http.protocol import GuardProtocol
+from guard.http.settings import MAX_TARPIT, Settings
+from guard.http.target import Target, match_path, parse_target
+from guard.http.upstream import Upstream, failure_status
+
+log = logging.getLogger("guard.http")
+
+
+class ProxyResponse(web.StreamResponse):
+    """A response carrying the upstream's headers, with no Server or Content-Type invented by aiohttp."""
+
+    # The head waits for the first body bytes so both leave in one write (one
+    # syscall, one packet); the handler flushes it early when no body is ready.
+    _send_headers_immediately = False
+
+    def __init__(self, status: int, reason: str | None, upstream_headers: CIMultiDictProxy[str]) -> None:
+        super().__init__(status=status, reason=reason, headers=upstream_headers)
+        strip_hop_by_hop(self.headers)
+
+    async def _prepare_headers(self) -> None:
+        headers = self.headers
+        had_server = "Server" in headers
+        had_type = "Content-Type" in headers
+        await super()._prepare_headers()
+        # aiohttp names itself and its version in Server, and labels untyped bodies
+        # application/octet-stream; an upstream that sent neither gets neither.
+        if not had_server:
+            headers.popall("Server", None)
+        if not had_type:
+            headers.popall("Content-Type", None)
+
+
+class ProxyHandler:
+    """Callable given to aiohttp's low-level ``web.Server``; ``rt`` is swapped on reload."""
+
+    __slots__ = ("_in_flight", "_quiet_until", "_suppressed", "_time", "log", "rt", "upstream", "websockets")
+
+    def __init__(self, rt: Settings, upstream: Upstream, request_log: RequestLog) -> None:
+        self.rt = rt
+        self.upstream = upstream
+        self.log = request_log
+        self._in_flight = 0
+        self._time = asyncio.get_running_loop().time
+        self._quiet_until = 0.0
+        self._suppressed = 0
+        self.websockets = websocket.WebSocketRelay(upstream, request_log)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests waiting on or streaming from the upstream right now."""
+        return self._in_flight
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        rt = self.rt
+        t0 = self._time()
+        method = request.method
+        proto = cast(GuardProtocol, request.protocol)
+        headers = request.headers
+        peer = proto.peer
+        trusted = not rt.trusted.empty and proto.peer_ip is not None and proto.peer_ip in rt.trusted
+        if trusted:
+            client_ip, _ = resolve(
+                peer, rt.trusted, headers.getall("X-Forwarded-For", ()), headers.getall("Forwarded", ())
+            )
+        else:
+            client_ip = peer  # forwarding headers from an untrusted peer are ignored
+        target = parse_target(request.raw_path)
+        host = headers.get("Host")
+        if target is None:
+            facts = RequestFacts(client_ip, method, "", headers=headers, peer=peer, scheme=rt.scheme)
+            return self._page(request, rt, facts, PASS, 400, t0, close=True)
+        if target.host is not None:
+            host = target.host
+        path = match_path(target.path)
+        engine = rt.engine
+        login = engine.match_login(method, path)
+        facts = RequestFacts(
+            client_ip, method, path, target.query, host or "", rt.scheme, headers, peer, login,
+            content_type=headers.get("Content-Type", "") if login is not None else "",
+        )
+        try:
+            decision = await engine.on_request(facts)
+            if not decision.forwards:
+                return self._refuse(request, rt, facts, decision, t0)
+            if login is not None:
+                answer = await self._login(request, rt, facts, decision, t0)
+                if isinstance(answer, web.StreamResponse):
+                    return answer
+                decision = answer
+            if decision.action is Action.TARPIT and decision.delay > 0 and not decision.shadow:
+                await asyncio.sleep(min(decision.delay, MAX_TARPIT))
+            fwd = Forwarding(peer, trusted, rt.scheme, host)
+            if "Upgrade" in headers and is_websocket(headers):
+                return await self.websockets.relay(request, rt, facts, fwd, target, decision, t0)
+            return await self._forward(request, rt, facts, target, fwd, decision, t0)
+        except Exception:
+            # Only code before a response starts gets here (after that, _forward and the
+            # WebSocket relay handle their own failures by closing the connection).
+            # The failure policy: a bug is a 500 page and a traceback in our log, never an empty 200.
+            log.exception("request handling failed")
+            return self._page(request, rt, facts, PASS, 500, t0, close=True)
+
+    async def _login(
+        self, request: web.BaseRequest, rt: Settings, facts: RequestFacts, decision: Decision, t0: float
+    ) -> Decision | web.StreamResponse:
+        """Buffer the body and run the login phase: the decision to go on with, or the answer."""
+        body = await read_login_body(request, rt.max_body_size, rt.client_body)
+        if isinstance(body, int):
+            return self._page(request, rt, facts, decision, body, t0, close=True)
+        facts.body = body
+        later = await rt.engine.on_login(facts)
+        if not later.forwards:
+            return self._refuse(request, rt, facts, later, t0)
+        return decision if later.action is Action.PASS else later
+
+    async def _forward(
+        self, request: web.BaseRequest, rt: Settings, facts: RequestFacts, target: Target,
+        fwd: Forwarding, decision: Decision, t0: float,
+    ) -> web.StreamResponse:
+        if self._in_flight >= rt.max_in_flight:
+            # limits.max_pending_upstream: queueing more would only add latency and memory
+            return self._page(request, rt, facts, decision, 503, t0)
+        # RFC 9112 section 3.2.2: an absolute-form target's authority replaces Host
+        out_headers = request_headers(request.headers, fwd, rt.host_override or target.host)
+        peek = 0
+        data: object = None
+        if facts.login is not None:
+            peek = rt.engine.response_peek(facts.login)
+            if peek:
+                out_headers = readable_encodings(out_headers)  # so the outcome classifier can read it
+            data = facts.body or None
+        elif request.body_exists:
+            await send_continue(request)
+            data = request.content  # streamed: aiohttp keeps Content-Length, or chunks
+
+        # ---- the upstream's head (and what of the body came with it) ----
+        upstream, method, path_qs = self.upstream, request.method, target.path_qs
+        up: ClientResponse | None = None
+        self._in_flight += 1
+        try:
+            t_up = self._time()
+            try:
+                try:
+                    up = await upstream.request(method, path_qs, out_headers, data, rt.upstream_timeout)
+                except (ServerDisconnectedError, ClientOSError) as exc:
+                    if not upstream.may_retry(exc, method, data):
+                        raise  # a pooled connection closed under us: once more on a fresh one
+                    up = await upstream.request(method, path_qs, out_headers, None, rt.upstream_timeout)
+                # The first body bytes: what the outcome classifier needs, or whatever came
+                # with the head, so that head and body can leave in one write.
+                first = await read_response_head(up, peek) if peek else up.content.read_nowait()
+            except (TimeoutError, ClientError, OSError) as exc:
+                if up is not None:
+                    up.close()
+                status = failure_status(exc)
+                self._upstream_failed(exc, status)
+                return self._page(request, rt, facts, decision, status, t0)
+            upstream_s = self._time() - t_up
+            status = up.status
+            if facts.login is not None:
+                await rt.engine.on_response(facts, ResponseFacts(status, up.headers, first))
+
+            # ---- the client's response ----
+            resp = ProxyResponse(status, up.reason, up.headers)
+            content = up.content
+            overhead = self._time() - t0 - upstream_s
+            logged = False
+            try:
+                await resp.prepare(request)  # the head is buffered until the first body write
+                if content.at_eof():
+                    # the whole body is already here (small pages, redirects): one write in all
+                    self.log.record(facts, decision, status, upstream_s, overhead)
+                    logged = True
+                    await resp.write_eof(first)
+                    return resp
+                if first:
+                    await resp.write(first)
+                else:
+                    request.writer.send_headers()  # a body slow to come must not hold back the head
+                conn = up.connection
+                if conn is not None and conn.protocol is not None:
+                    conn.protocol.read_timeout = rt.upstream_idle  # now: the longest silence in a body
+                while True:
+                    try:
+                        chunk = await content.readany()
+                    except (TimeoutError, ClientError, OSError) as exc:
+                        # The upstream failed mid-body.  Closing the client connection is the
+                        # only honest signal left: a short or unterminated body (RFC 9112 section 8).
+                        self._upstream_failed(exc, 0)
+                        up.close()
+                        request.protocol.force_close()
+                        return resp
+                    if not chunk:
+                        break
+                    await resp.write(chunk)
+                self.log.record(facts, decision, status, upstream_s, overhead)
+                logged = True
+                await resp.write_eof()
+            except ConnectionError:
+                up.close()  # the client left: the rest of the body is not worth reading
+            except Exception:
+                log.exception("streaming the response failed")
+                up.close()
+                request.protocol.force_close()
+            finally:
+                if not logged:
+                    self.log.record(facts, decision, status, upstream_s, overhead)
+            return resp
+        finally:
+            self._in_flight -= 1
+            if up is not None:
+                up.release()  # back to the pool if the body was read to the end; closed otherwise
+
+    def _upstream_failed(self, exc: BaseException, status: int) -> None:
+        """One warning a second at most: an upstream outage must not become a log flood."""
+        now = self._time()
+        if now < self._quiet_until:
+            self._suppressed += 1
+            return
+        what = f"answered {status}" if status else "failed mid-response"
+        log.warning(
+            "upstream %s: %s (%d more since the last warning)", what, type(exc).__name__, self._suppressed
+        )
+        self._quiet_until = now + 1.0
+        self._suppressed = 0
+
+    def _refuse(
+        self, request: web.BaseRequest, rt: Settings, facts: RequestFacts, decision: Decision, t0: float
+    ) -> web.StreamResponse:
+        status = decision.status or (503 if decision.action is Action.UNAVAILABLE else 403)
+        return self._page(request, rt, facts, decision, status, t0)
+
+    def _page(
+        self, request: web.BaseRequest, rt: Settings, facts: RequestFacts, decision: Decision,
+        status: int, t0: float, *, close: bool = False,
+    ) -> web.StreamResponse:
+        self.log.record(facts, decision, status, None, self._time() - t0)
+        return rt.pages.response(status, request.headers.get("Accept", ""), close=close)
+
+
+def is_websocket(headers: CIMultiDictProxy[str]) -> bool:
+    """RFC 6455 section 4.2.1: ``Upgrade: websocket`` with ``upgrade`` among the Connection tokens."""
+    upgrade = headers.get("Upgrade")
+    if upgrade is None or upgrade.lower() != "websocket":
+        return False
+    return "upgrade" in connection_tokens(headers.getall("Connection", ()))

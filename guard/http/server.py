@@ -1,0 +1,163 @@
+"""One guard worker: the public proxy listener and the admin listener, built from a ``Config``.
+
+``GuardServer`` owns the lifecycle and nothing else: ``start`` binds and
+returns, ``reload`` swaps what can change live, ``stop`` drains.  Signals,
+worker processes and the event loop policy belong to ``guard.supervisor``.
+
+Shutdown order matters: readiness goes 503 and the listeners stop accepting
+first, then in-flight requests get ``grace`` seconds (idle keep-alive
+connections are closed at once), and only then are the upstream pool, the
+engine (and its store) and the request log closed, so no request in flight
+loses its upstream or its log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import IO
+
+from guard.accesslog import RequestLog
+from guard.config import Config
+from guard.engine import Clock, Engine
+from guard.engine.runtime import build_runtime
+from guard.http.admin import AdminServer, Health, make_app
+from guard.http.listener import Listener, bind
+from guard.http.protocol import GuardWebServer
+from guard.http.proxy import ProxyHandler
+from guard.http.settings import Settings, build_settings, restart_needed
+from guard.http.tls import server_context
+from guard.http.upstream import Upstream
+from guard.store.base import Store
+
+log = logging.getLogger("guard.http")
+
+
+class GuardServer:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        reuse_port: bool = False,
+        log_stream: IO[str] | None = None,
+    ) -> None:
+        """``store``, ``clock`` and ``log_stream`` are for tests; by default they come from the config."""
+        self._config = config
+        self._store = store
+        self._clock = clock
+        self._reuse_port = reuse_port
+        self._log_stream = log_stream
+        self._engine: Engine | None = None
+        self._request_log: RequestLog | None = None
+        self._upstream: Upstream | None = None
+        self._web: GuardWebServer | None = None
+        self._handler: ProxyHandler | None = None
+        self._listener: Listener | None = None
+        self._admin: AdminServer | None = None
+        self._health: Health | None = None
+        self.public_port = 0
+        self.admin_port = 0
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("GuardServer.start() was not called")
+        return self._engine
+
+    @property
+    def open_connections(self) -> int:
+        return self._web.open_connections if self._web is not None else 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._handler.in_flight if self._handler is not None else 0
+
+    async def start(self) -> None:
+        """Build everything, bind both listeners, return.  Raises ``OSError`` when a port is taken."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(0)  # release whatever was already built
+            raise
+
+    async def _start(self) -> None:
+        config = self._config
+        store = self._store
+        if store is None:
+            from guard.store import make_store
+
+            store = make_store(config.store)
+        # rules, lists and GeoIP are compiled from files: off the event loop
+        engine_rt = await asyncio.to_thread(build_runtime, config)
+        engine = self._engine = Engine(config, store, self._clock, runtime=engine_rt)
+        await engine.start()
+        request_log = self._request_log = RequestLog(config.log.requests, config.log.file, self._log_stream)
+        request_log.start()
+        upstream = self._upstream = Upstream(config)
+        await upstream.start()
+        settings = build_settings(config, engine)
+        handler = self._handler = ProxyHandler(settings, upstream, request_log)
+        web_server = self._web = GuardWebServer(handler, settings=settings)
+        ssl_context = server_context(config.tls) if config.tls is not None else None
+        sock = await bind(config.listen, reuse_port=self._reuse_port)
+        self._listener = Listener(web_server, sock, ssl_context, config.proxy_protocol)
+        await self._listener.start()
+        self.public_port = self._listener.port
+        self._health = Health(store)
+        self._admin = AdminServer(make_app(self._health), config.admin.listen, reuse_port=self._reuse_port)
+        await self._admin.start()
+        self.admin_port = self._admin.port
+
+    async def reload(self, new: Config) -> None:
+        """Apply ``new`` live: rules, logins, lists, trusted proxies, limits, timeouts, brand.
+
+        Raises ``SourceError`` (old config stays) when rule or list files are bad.
+        Changes to listeners, TLS, the upstream, the store or the log file need a
+        restart; they are logged and otherwise ignored.
+        """
+        engine = self.engine
+        later = restart_needed(self._config, new)
+        await engine.reload(new)
+        settings = build_settings(new, engine)
+        self._apply(settings)
+        self._config = new
+        if later:
+            log.warning("reload: these changes take effect only after a restart: %s", ", ".join(later))
+
+    def _apply(self, settings: Settings) -> None:
+        if self._handler is not None:
+            self._handler.rt = settings
+        if self._web is not None:
+            self._web.set_settings(settings)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish for up to ``grace`` seconds, close everything."""
+        if self._health is not None:
+            self._health.draining = True
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._handler is not None:
+            await self._handler.websockets.close_all()  # long-lived: no point waiting for them
+        if self._web is not None:
+            self._web.pre_shutdown()  # keep-alive connections close after their current response
+            await self._web.shutdown(grace)
+            self._web = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
+        if self._engine is not None:
+            await self._engine.close()
+            self._engine = None
+        if self._request_log is not None:
+            await self._request_log.close()
+            self._request_log = None
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None

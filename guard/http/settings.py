@@ -1,0 +1,96 @@
+"""The proxy's side of a ``Config`` (limits, timeouts, trust, pages), compiled into one object.
+
+Request handling reads one ``Settings`` reference per request; a reload builds a
+new one and swaps the reference, so a request never sees half of an old config
+and half of a new one, and nothing is parsed on the hot path.  (Rules, lists and
+login endpoints are the engine's: ``Engine.reload`` swaps those the same way.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import ClientTimeout
+from yarl import URL
+
+from guard.clientip import TrustedProxies
+from guard.config import Config
+from guard.engine import Engine
+from guard.http.pages import Pages
+
+# A tarpit delay is a decision value; this caps what any rule can make a
+# connection wait, so a misconfigured rule cannot pin connections for hours.
+MAX_TARPIT = 30.0
+
+# Settings that only take effect on restart: they shape sockets, the TLS
+# context, the upstream connection pool, the store connection or the log file.
+RESTART_KEYS = (
+    "listen", "upstream", "upstream_tls", "tls", "proxy_protocol", "admin.listen", "store",
+    "log.requests", "log.file", "limits.upstream_connections",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    config: Config
+    engine: Engine
+    trusted: TrustedProxies
+    pages: Pages
+    scheme: str                       # of the public listener: X-Forwarded-Proto
+    host_override: str | None         # None: forward the client's Host
+    # client side
+    client_header: float
+    client_body: float
+    max_header_size: int
+    max_body_size: int
+    max_connections: int
+    # upstream side
+    upstream_timeout: ClientTimeout   # pool wait + connect, then the wait for the response head
+    upstream_idle: float              # longest silence within a response body
+    max_in_flight: int                # pool size + queue: beyond it, 503 at once
+
+
+def build_settings(config: Config, engine: Engine) -> Settings:
+    if config.host_header == "keep":
+        host_override: str | None = None
+    elif config.host_header == "upstream":
+        host_override = URL(config.upstream).host_port_subcomponent
+    else:
+        host_override = config.host_header
+    t, lim = config.timeouts, config.limits
+    return Settings(
+        config=config,
+        engine=engine,
+        trusted=TrustedProxies(config.trusted_proxies),
+        pages=Pages(config.brand),
+        scheme="https" if config.tls is not None else "http",
+        host_override=host_override,
+        client_header=t.client_header,
+        client_body=t.client_body,
+        max_header_size=lim.max_header_size,
+        max_body_size=lim.max_body_size,
+        max_connections=lim.max_connections,
+        # The client starts sock_read only once the request body is sent, so a slow
+        # upload is not mistaken for a slow upstream.  ``connect`` also bounds the
+        # wait for a free pooled connection.
+        upstream_timeout=ClientTimeout(
+            total=None,
+            connect=t.upstream_connect + t.upstream_read,
+            sock_connect=t.upstream_connect,
+            sock_read=t.upstream_read,
+        ),
+        upstream_idle=t.upstream_idle,
+        max_in_flight=lim.upstream_connections + lim.max_pending_upstream,
+    )
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """Names of the changed settings that a reload cannot apply."""
+    return [key for key in RESTART_KEYS if _get(old, key) != _get(new, key)]
+
+
+def _get(config: Config, dotted: str) -> object:
+    value: object = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
