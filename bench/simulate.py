@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from guard.demo.simulate import Scenario, check, report, run  # noqa: E402
+from guard.demo.simulate import Scenario, check, report, run
 
 
 def main() -> int:
