@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from guard.challenge.settings import ChallengeSettings, keys_from_env
 from guard.units import ByteSize, Duration, ListenAddress
 from guard.yamlsource import Located, Problem, SourceError, load_file, load_text, problems_from_validation
 
@@ -184,6 +185,7 @@ class LoginEndpoint(_Model):
         None, description="body charset when the request does not say (default utf-8); e.g. shift_jis"
     )
     outcome: OutcomeConfig = OutcomeConfig()
+    notify: bool = Field(True, description="tell the account owner of logins from a new device or place")
 
     @field_validator("methods")
     @classmethod
@@ -361,6 +363,9 @@ class Config(_Model):
         "shared through the store",
     )
     shadow: bool = Field(False, description="decide and log, but let every request through")
+    challenge: ChallengeSettings | None = Field(
+        None, description="the second factor behind the challenge action; without it, challenge blocks"
+    )
     observe_score: float = Field(
         30.0, ge=0, description="exposure ledger: a successful login whose rule score reaches this is flagged"
     )
@@ -421,6 +426,8 @@ ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
 def _apply_env(doc: Located, env: Mapping[str, str]) -> None:
     if not isinstance(doc.data, dict):
         return
+    if isinstance(doc.data.get("challenge"), dict):
+        doc.data["challenge"] = keys_from_env(doc.data["challenge"], env)
     for var, path in ENV_OVERRIDES.items():
         value = env.get(var)
         if value is None or value == "":

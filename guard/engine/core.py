@@ -44,6 +44,7 @@ from guard.store.base import (
 log = logging.getLogger("guard.engine")
 
 STORE_DOWN_OPEN = Reason("store-unavailable", "state store unreachable; fail_open lets the request through")
+KNOWN_DEVICE = Reason("known-device", "challenge skipped: this browser passed one for this account lately")
 STORE_DOWN_CLOSED = Reason("store-unavailable", "state store unreachable; fail_open is false")
 ACCOUNT_TTL = 400 * 86400.0
 SECRET_KEY = "secret:hmac"
@@ -72,6 +73,7 @@ class LoginState:
     store_ok: bool = True
     allowed: Decision | None = None                          # an allow rule matched at the request phase
     decision: Decision | None = None                         # what on_login decided
+    set_cookies: list[str] = field(default_factory=list)     # e.g. a rotated trusted-device cookie
 
 
 def _counter_key(spec: CounterSpec, value: str) -> str:
@@ -98,6 +100,7 @@ class Engine:
         self._attack_until = 0.0
         self._fetcher: Any = None
         self.observer: Observer = NullObserver()
+        self.challenges: Any = None   # guard.challenge.Challenges, set by the adapter that owns it
         self._sealer: LoginSealer | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -211,7 +214,10 @@ class Engine:
         if req.login is not None:
             req.scratch = LoginState(rt.logins.endpoints[req.login], ctx=ctx, request_matches=matches)
         verdict = decide(matches, rt.scoring, self.shadow)
-        if verdict.decision.action.blocks and not verdict.decision.shadow:
+        action = verdict.decision.action
+        if action.blocks and not verdict.decision.shadow:
+            if req.login is not None and action is Action.CHALLENGE:
+                return PASS  # a challenge needs the username: decided with the login phase
             return await self._apply(verdict, ctx)
         if req.login is not None:
             return PASS  # non-blocking request-phase matches are combined with the login phase
@@ -242,6 +248,12 @@ class Engine:
             ctx.username = rt.normalizer.normalize(fields.username)
             ctx.user_key = username_key(self._secret, ctx.username)
             ctx.honey = ctx.username in rt.honey_names
+        svc = self.challenges
+        if svc is not None and ctx.user_key is not None and svc.settings.devices.enabled:
+            check = svc.device(request_cookies(req.headers), ctx.user_key, req.scheme == "https")
+            ctx.device_known = check.status == "known"
+            if check.set_cookie:
+                state.set_cookies.append(check.set_cookie)
         if fields.password:
             ctx.password_fp = password_fingerprint(self._secret, fields.password)
             if rt.breached is not None:
@@ -274,6 +286,9 @@ class Engine:
                 return self._finish(_banned(ban))
         verdict = decide([*state.request_matches, *match(rules, ctx)], rt.scoring, self.shadow)
         decision = await self._apply(verdict, ctx)
+        if decision.action is Action.CHALLENGE and ctx.device_known and not decision.shadow:
+            # a browser that passed a challenge for this account lately skips it (devices.idle)
+            decision = Decision(Action.LOG, (*decision.reasons, KNOWN_DEVICE))
         state.decision = decision
         return decision
 
@@ -353,6 +368,39 @@ class Engine:
             country=ctx.geo.country, asn=ctx.geo.asn, flags=tuple(flags), seen=seen,
             endpoint=state.endpoint.id, rules=rules,
         ))
+
+    def after_login(self, req: RequestFacts, outcome: str) -> list[str]:
+        """After a forwarded login: cookies to add (a rotated device cookie), and the owner's notification.
+
+        The owner hears of a successful login from a browser without a trusted-device
+        cookie and a subnet or country this account has not logged in from.
+        """
+        state = req.scratch
+        if not isinstance(state, LoginState):
+            return []
+        svc = self.challenges
+        ctx = state.ctx
+        if (
+            svc is not None and outcome == "success" and ctx is not None and ctx.username is not None
+            and ctx.user_key is not None and state.endpoint.notify and not ctx.device_known
+        ):
+            acct = ctx.account
+            new_place = acct is None or ctx.subnet not in acct.subnets or (
+                bool(ctx.geo.country) and bool(acct.countries) and ctx.geo.country not in acct.countries
+            )
+            if new_place and acct is not None:  # an account's very first login is no news to its owner
+                from guard.challenge import Login
+
+                login = Login(ctx.username, ctx.user_key, ctx.ip, secure=req.scheme == "https")
+                svc.notify_login(login, country=ctx.geo.country, user_agent=req.headers.get("User-Agent", ""))
+        return state.set_cookies
+
+    async def flag_source(self, ip: str, reason: str, seconds: float = 86400.0) -> None:
+        """Flag a client (e.g. it exhausted a challenge's tries): rules with ``flagged: ip`` see it."""
+        try:
+            await self.store.execute([Put(f"flag:ip:{ip}", reason.encode(), seconds)], self.clock.now())
+        except StoreError:
+            log.warning("could not flag a source: store unreachable")
 
     def describe(self, req: RequestFacts) -> tuple[str | None, str, int, float]:
         """(username key, country, ASN, score) of a login request, for the decision log."""
@@ -559,6 +607,19 @@ class Engine:
     @property
     def attack_in_progress(self) -> bool:
         return self._attack_until > self.clock.now()
+
+
+def request_cookies(headers: Any) -> dict[str, str]:
+    """Cookie name -> value from every Cookie header; malformed pairs are skipped, never fatal."""
+    out: dict[str, str] = {}
+    getall = getattr(headers, "getall", None)
+    values = getall("Cookie", ()) if getall is not None else [headers.get("Cookie", "")]
+    for header in values:
+        for pair in str(header).split(";"):
+            name, sep, value = pair.strip().partition("=")
+            if sep and name and name not in out:
+                out[name] = value.strip().strip('"')
+    return out
 
 
 def _file_secret(path: Path) -> bytes:

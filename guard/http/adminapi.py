@@ -51,6 +51,7 @@ MAX_STREAMS = 32
 MAX_BAN_SECONDS = 10 * 365 * 86400.0
 LEDGER_CACHE_S = 15.0
 DISABLED = "admin API disabled: set admin.token"
+HOSTILE = frozenset({"block", "ban", "challenge", "tarpit", "unavailable"})
 
 
 @dataclass(slots=True)
@@ -99,7 +100,8 @@ STATE = web.AppKey("adminapi", _State)
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status, headers={"Cache-Control": "no-store"})
+    return web.json_response({"error": message, **extra}, status=status,
+                             headers={"Cache-Control": "no-store"})
 
 
 def auth_middleware(token: str | None, login_page: Callable[[], web.Response]) -> Any:
@@ -144,7 +146,8 @@ def _load_pages() -> _Pages:
         "default-src 'none'; "
         f"script-src {' '.join(sorted(hashes[b'script']))}; "
         f"style-src {' '.join(sorted(hashes[b'style']))}; "
-        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
     )
     return _Pages(dashboard, login, csp)
 
@@ -238,7 +241,8 @@ async def decisions(request: web.Request) -> web.Response:
     q = request.query
     limit = _int(request, "limit", 100, 1, 1000)
     view = await _view(_state(request))
-    rows = filter_recent(view["recent"], q.get("action") or None, q.get("ip") or None, q.get("rule") or None, limit)
+    rows = filter_recent(view["recent"], q.get("action") or None, q.get("ip") or None, q.get("rule") or None,
+                         limit)
     return web.json_response({"decisions": rows})
 
 
@@ -276,8 +280,8 @@ def _rules(st: _State, view: dict[str, Any]) -> list[dict[str, Any]]:
                     "hits": hits.get(r.id, {"enforce": 0, "shadow": 0})})
     for rid, h in hits.items():   # built-ins: banned, score, store-unavailable
         if rid not in seen:
-            out.append({"id": rid, "description": "built-in", "action": "", "phase": "", "file": "", "line": 0,
-                        "score": 0.0, "shadow": False, "hits": h})
+            out.append({"id": rid, "description": "built-in", "action": "", "phase": "", "file": "",
+                        "line": 0, "score": 0.0, "shadow": False, "hits": h})
     return out
 
 
@@ -295,7 +299,8 @@ async def reload(request: web.Request) -> web.Response:
     except SourceError as exc:
         if st.deps.observer is not None:
             st.deps.observer.reload(False)
-        return _error(422, "reload rejected; the old config stays live", problems=[str(p) for p in exc.problems])
+        return _error(422, "reload rejected; the old config stays live",
+                      problems=[str(p) for p in exc.problems])
     if st.deps.observer is not None:
         st.deps.observer.reload(True)
     return web.json_response({"status": "ok"})
@@ -314,9 +319,11 @@ async def health(request: web.Request) -> web.Response:
     dl = st.deps.metrics
     return web.json_response({
         "status": "ok" if store_ok else "degraded", "store": "up" if store_ok else "down",
-        "attack": engine.attack_in_progress, "bans_cached": len(engine.bans), "rules": len(engine.rt.rules.rules),
-        "workers": view.get("workers", 1), "multiprocess": dl.multiproc is not None,
-        "decision_log_dropped": dl.drop_counts.get("decision_log", 0), "ledger_dropped": st.deps.ledger.dropped,
+        "attack": engine.attack_in_progress, "bans_cached": len(engine.bans),
+        "rules": len(engine.rt.rules.rules), "workers": view.get("workers", 1),
+        "multiprocess": dl.multiproc is not None,
+        "decision_log_dropped": dl.drop_counts.get("decision_log", 0),
+        "ledger_dropped": st.deps.ledger.dropped,
         "uptime_s": round(time.time() - st.started, 1), "version": st.deps.version,
     })
 
@@ -343,8 +350,7 @@ async def exposures(request: web.Request) -> web.Response:
 
 async def _summary(st: _State) -> dict[str, Any]:
     view = await _view(st, recent=2000)
-    recent = [r for r in view["recent"] if r["action"] in ("block", "ban", "challenge", "tarpit", "unavailable")
-              or r.get("shadow")][:30]
+    recent = [r for r in view["recent"] if r["action"] in HOSTILE or r.get("shadow")][:30]
     rules_ = sorted(_rules(st, view), key=lambda r: -(r["hits"]["enforce"] + r["hits"]["shadow"]))[:10]
     try:
         bans = await _bans(st)
@@ -365,7 +371,7 @@ async def summary(request: web.Request) -> web.Response:
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: one ``summary`` event per refresh interval until the client or the server leaves."""
+    """Server-sent events: a ``summary`` event per refresh interval until the client or the server leaves."""
     st = _state(request)
     if len(st.streams) >= MAX_STREAMS:
         return _error(503, "too many open dashboards")
@@ -409,7 +415,7 @@ def install(app: web.Application, deps: AdminDeps) -> None:
     if not deps.token:
         deps.token = os.environ.get("GUARD_ADMIN_TOKEN") or None
     if not deps.token:
-        log.warning("admin API disabled: set admin.token or GUARD_ADMIN_TOKEN (only /healthz and /readyz answer)")
+        log.warning("admin API disabled: set admin.token or GUARD_ADMIN_TOKEN (only the probes answer)")
     pages = _load_pages()
     app[STATE] = _State(deps, pages)
     app.middlewares.append(auth_middleware(deps.token, lambda: _page(pages.login, pages.csp, status=401)))

@@ -45,7 +45,8 @@ _STR = {"type": "string"}
 _NUM = {"type": "number"}
 _INT = {"type": "integer"}
 _BOOL = {"type": "boolean"}
-_ACTION = {"type": "string", "enum": ["pass", "allow", "log", "block", "ban", "tarpit", "challenge", "unavailable"]}
+_ACTION = {"type": "string",
+           "enum": ["pass", "allow", "log", "block", "ban", "tarpit", "challenge", "unavailable"]}
 _BY = {"type": "string", "enum": ["ip", "subnet", "asn", "country", "username"], "default": "ip"}
 
 SCHEMAS: dict[str, Any] = {
@@ -61,7 +62,8 @@ SCHEMAS: dict[str, Any] = {
     "Decision": _obj({
         "ts": _NUM, "ip": _STR, "method": _STR, "path": _STR, "status": _INT, "action": _ACTION,
         "rules": {"type": "array", "items": _STR}, "shadow": _BOOL, "login": _STR, "outcome": _STR,
-        "country": _STR, "asn": _INT, "score": _NUM, "user": {"type": "string", "description": "keyed hash prefix"},
+        "country": _STR, "asn": _INT, "score": _NUM,
+        "user": {"type": "string", "description": "keyed hash prefix"},
     }, ("ts", "ip", "action", "rules")),
     "TopEntry": _obj({"key": _STR, "count": _INT, "name": _STR}, ("key", "count")),
     "Rule": _obj({
@@ -69,7 +71,8 @@ SCHEMAS: dict[str, Any] = {
         "score": _NUM, "shadow": _BOOL, "hits": _obj({"enforce": _INT, "shadow": _INT}),
     }, ("id", "hits")),
     "Health": _obj({
-        "status": {"type": "string", "enum": ["ok", "degraded"]}, "store": {"type": "string", "enum": ["up", "down"]},
+        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "store": {"type": "string", "enum": ["up", "down"]},
         "attack": _BOOL, "bans_cached": _INT, "rules": _INT, "workers": _INT, "multiprocess": _BOOL,
         "decision_log_dropped": _INT, "ledger_dropped": _INT, "uptime_s": _NUM,
     }, ("status", "store", "attack")),
@@ -79,8 +82,8 @@ SCHEMAS: dict[str, Any] = {
     }, ("accounts", "seen", "withheld")),
     "Summary": _obj({
         "ts": _NUM, "attack": {"type": "object"}, "totals": {"type": "object", "additionalProperties": _INT},
-        "series": _obj({"start": _INT, "step": _INT,
-                        "counts": {"type": "object", "additionalProperties": {"type": "array", "items": _INT}}}),
+        "series": _obj({"start": _INT, "step": _INT, "counts": {
+            "type": "object", "additionalProperties": {"type": "array", "items": _INT}}}),
         "top": {"type": "object", "additionalProperties": {"type": "array", "items": _ref("TopEntry")}},
         "rules": {"type": "array", "items": _ref("Rule")},
         "bans": {"type": "array", "items": _ref("Ban")}, "bans_total": _INT,
@@ -97,8 +100,9 @@ def document(version: str = "0") -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "loginguard admin API", "version": version,
-            "description": "Bans, decisions, top talkers, rules, reload, health, metrics and the live dashboard. "
-                           "Every route needs `Authorization: Bearer <admin.token>` except /healthz and /readyz.",
+            "description": "Bans, decisions, top talkers, rules, reload, health, metrics and the live "
+                           "dashboard. Every route needs `Authorization: Bearer <admin.token>` except "
+                           "/healthz and /readyz.",
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -128,7 +132,8 @@ def document(version: str = "0") -> dict[str, Any]:
             }, parameters=[
                 _q("action", "only this action", _ACTION), _q("ip", "only this client IP", _STR),
                 _q("rule", "only decisions this rule contributed to", _STR),
-                _q("limit", "at most this many (1..1000)", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                _q("limit", "at most this many (1..1000)",
+                   {"type": "integer", "minimum": 1, "maximum": 1000}),
             ])},
             "/api/top": {"get": _op("Top talkers among blocked requests and failed logins", {
                 "200": _ok("Top", _obj({"by": _STR, "top": {"type": "array", "items": _ref("TopEntry")}})),
@@ -152,8 +157,9 @@ def document(version: str = "0") -> dict[str, Any]:
                 "200": _ok("Event stream of Summary objects", _STR, "text/event-stream"),
                 "503": _ok("Too many open streams", _ref("Error")),
             })},
-            "/api/openapi.json": {"get": _op("This document", {"200": _ok("OpenAPI 3.1", {"type": "object"})})},
-            "/dashboard": {"get": _op("The live block dashboard (HTML); without a token, a token form (401)", {
+            "/api/openapi.json": {"get": _op("This document",
+                                             {"200": _ok("OpenAPI 3.1", {"type": "object"})})},
+            "/dashboard": {"get": _op("The live block dashboard (HTML); without a token, a token form", {
                 "200": _ok("Page", _STR, "text/html"),
             })},
         },
@@ -162,7 +168,8 @@ def document(version: str = "0") -> dict[str, Any]:
                                            "description": "admin.token or GUARD_ADMIN_TOKEN"}},
             "responses": {
                 "Unauthorized": _ok("No bearer token", _ref("Error")),
-                "Forbidden": _ok("Wrong token, or the admin API is disabled (no token configured)", _ref("Error")),
+                "Forbidden": _ok("Wrong token, or the admin API is disabled (no token configured)",
+                                 _ref("Error")),
             },
             "schemas": SCHEMAS,
         },

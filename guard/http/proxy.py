@@ -120,15 +120,25 @@ class ProxyHandler:
             client_ip, method, path, target.query, host or "", rt.scheme, headers, peer, login,
             content_type=headers.get("Content-Type", "") if login is not None else "",
         )
+        if trusted and headers.get("X-Forwarded-Proto", "").lower() == "https":
+            facts.scheme = "https"  # a trusted hop terminated TLS: cookies get Secure
         try:
             decision = await engine.on_request(facts)
             if not decision.forwards:
                 return self._refuse(request, rt, facts, decision, t0)
+            flow = rt.challenge
+            if flow is not None and method == "POST" and path == flow.path:
+                resp = await flow.answer(request, rt, facts)
+                self.log.record(facts, decision, resp.status, None, self._time() - t0)
+                return resp
             if login is not None:
                 answer = await self._login(request, rt, facts, decision, t0)
                 if isinstance(answer, web.StreamResponse):
                     return answer
                 decision = answer
+                if decision.action is Action.CHALLENGE and not decision.shadow:
+                    fwd = Forwarding(peer, trusted, rt.scheme, host)
+                    return await self._challenge(request, rt, facts, target, fwd, decision, t0)
             if decision.action is Action.TARPIT and decision.delay > 0 and not decision.shadow:
                 await asyncio.sleep(min(decision.delay, MAX_TARPIT))
             fwd = Forwarding(peer, trusted, rt.scheme, host)
@@ -151,9 +161,27 @@ class ProxyHandler:
             return self._page(request, rt, facts, decision, body, t0, close=True)
         facts.body = body
         later = await rt.engine.on_login(facts)
+        if later.action is Action.CHALLENGE and not later.shadow and rt.challenge is not None:
+            return later  # the caller runs the second factor
         if not later.forwards:
             return self._refuse(request, rt, facts, later, t0)
         return decision if later.action is Action.PASS else later
+
+    async def _challenge(
+        self, request: web.BaseRequest, rt: Settings, facts: RequestFacts, target: Target,
+        fwd: Forwarding, decision: Decision, t0: float,
+    ) -> web.StreamResponse:
+        """The challenge action: step-up after the password, or hold before the upstream."""
+        flow = rt.challenge
+        upstream_s: float | None = None
+        if flow.mode == "before_upstream":
+            resp, status = await flow.before_upstream(request, rt, facts, target, fwd)
+        else:
+            resp, status, upstream_s = await flow.step_up(request, rt, facts, target, fwd, decision)
+        if resp is None:
+            return self._refuse(request, rt, facts, decision, t0)
+        self.log.record(facts, decision, status, upstream_s, self._time() - t0)
+        return resp
 
     async def _forward(
         self, request: web.BaseRequest, rt: Settings, facts: RequestFacts, target: Target,
@@ -199,11 +227,15 @@ class ProxyHandler:
                 return self._page(request, rt, facts, decision, status, t0)
             upstream_s = self._time() - t_up
             status = up.status
+            extra_cookies: list[str] = []
             if facts.login is not None:
-                await rt.engine.on_response(facts, ResponseFacts(status, up.headers, first))
+                outcome = await rt.engine.on_response(facts, ResponseFacts(status, up.headers, first))
+                extra_cookies = rt.engine.after_login(facts, outcome)
 
             # ---- the client's response ----
             resp = ProxyResponse(status, up.reason, up.headers)
+            for cookie in extra_cookies:
+                resp.headers.add("Set-Cookie", cookie)
             content = up.content
             overhead = self._time() - t0 - upstream_s
             logged = False

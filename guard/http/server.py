@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import IO
+from typing import IO, Any
 
 from guard.accesslog import RequestLog
 from guard.config import Config
@@ -59,6 +59,8 @@ class GuardServer:
         self._health: Health | None = None
         self.public_port = 0
         self.admin_port = 0
+        self._challenges: Any = None
+        self._flow: Any = None
 
     @property
     def config(self) -> Config:
@@ -101,7 +103,15 @@ class GuardServer:
         request_log.start()
         upstream = self._upstream = Upstream(config)
         await upstream.start()
-        settings = build_settings(config, engine)
+        if config.challenge is not None:
+            from guard.challenge import Challenges
+            from guard.http.challengeflow import ChallengeFlow
+
+            svc = self._challenges = Challenges(config.challenge, store, clock=self._clock)
+            await svc.start()
+            engine.challenges = svc
+            self._flow = ChallengeFlow(svc, upstream)
+        settings = build_settings(config, engine, self._flow)
         handler = self._handler = ProxyHandler(settings, upstream, request_log)
         web_server = self._web = GuardWebServer(handler, settings=settings)
         ssl_context = server_context(config.tls) if config.tls is not None else None
@@ -124,7 +134,7 @@ class GuardServer:
         engine = self.engine
         later = restart_needed(self._config, new)
         await engine.reload(new)
-        settings = build_settings(new, engine)
+        settings = build_settings(new, engine, self._flow)
         self._apply(settings)
         self._config = new
         if later:
@@ -149,6 +159,9 @@ class GuardServer:
             self._web.pre_shutdown()  # keep-alive connections close after their current response
             await self._web.shutdown(grace)
             self._web = None
+        if self._challenges is not None:
+            await self._challenges.aclose()
+            self._challenges = None
         if self._upstream is not None:
             await self._upstream.close()
             self._upstream = None

@@ -9,6 +9,7 @@ login endpoints are the engine's: ``Engine.reload`` swaps those the same way.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import ClientTimeout
 from yarl import URL
@@ -26,7 +27,7 @@ MAX_TARPIT = 30.0
 # context, the upstream connection pool, the store connection or the log file.
 RESTART_KEYS = (
     "listen", "upstream", "upstream_tls", "tls", "proxy_protocol", "admin.listen", "store",
-    "log.requests", "log.file", "limits.upstream_connections",
+    "log.requests", "log.file", "limits.upstream_connections", "challenge",
 )
 
 
@@ -48,9 +49,10 @@ class Settings:
     upstream_timeout: ClientTimeout   # pool wait + connect, then the wait for the response head
     upstream_idle: float              # longest silence within a response body
     max_in_flight: int                # pool size + queue: beyond it, 503 at once
+    challenge: Any = None             # guard.http.challengeflow.ChallengeFlow when configured
 
 
-def build_settings(config: Config, engine: Engine) -> Settings:
+def build_settings(config: Config, engine: Engine, challenge: Any = None) -> Settings:
     if config.host_header == "keep":
         host_override: str | None = None
     elif config.host_header == "upstream":
@@ -81,6 +83,7 @@ def build_settings(config: Config, engine: Engine) -> Settings:
         ),
         upstream_idle=t.upstream_idle,
         max_in_flight=lim.upstream_connections + lim.max_pending_upstream,
+        challenge=challenge,
     )
 
 
