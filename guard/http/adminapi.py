@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -43,6 +43,9 @@ from guard.observe.metrics import CONTENT_TYPE, Metrics
 from guard.observe.reports import summary as ledger_summary
 from guard.observe.settings import ObserveConfig
 from guard.observe.share import LiveShare
+
+if TYPE_CHECKING:
+    from guard.observe.hub import Observability
 
 log = logging.getLogger("guard.admin")
 
@@ -70,7 +73,7 @@ class AdminDeps:
     version: str = ""
 
     @classmethod
-    def from_hub(cls, hub: Any, engine: Engine, token: str | None,
+    def from_hub(cls, hub: Observability, engine: Engine, token: str | None,
                  reload: Callable[[], Awaitable[None]], version: str = "") -> AdminDeps:
         """From a ``guard.observe.hub.Observability``: the usual way."""
         return cls(engine=engine, live=hub.live, metrics=hub.metrics, ledger=hub.ledger, reload=reload,

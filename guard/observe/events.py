@@ -11,10 +11,11 @@ exposure ledger receives the login id already sealed (encrypted) by the engine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from guard.engine.decision import Decision
-from guard.engine.facts import RequestFacts
+if TYPE_CHECKING:  # annotations only: the engine imports this module, so a runtime import would be a cycle
+    from guard.engine.decision import Decision
+    from guard.engine.facts import RequestFacts
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,331 @@
+"""The decision log: one JSON line per request decision, rotated by size, safe to ship.
+
+What a line may hold is fixed here and nowhere else: time (ISO 8601 and epoch),
+client IP, method, host, path (no query string: queries carry tokens and e-mail
+addresses; e-mail-like path segments are masked), status, action, the rules
+that fired with their scores and counter values, login endpoint and outcome,
+the *keyed hash* of the username, country, ASN, latencies.  Never a body, a
+header or cookie value, a password or a PII value: the fields are picked one by
+one from the event, so a new field elsewhere cannot leak in by accident.
+
+The request path only appends a small tuple to a list.  Encoding and writing
+happen in a worker thread on a timer, so neither ``json`` nor a slow disk costs
+a request anything, and a full disk or a full queue drops lines (counted,
+reported through ``on_drop``) instead of failing or blocking requests.
+
+Several worker processes may share one file: each batch is written with a
+single ``write`` under an ``flock``, and whoever holds the lock rotates, so
+lines never interleave and a file is rotated once, not once per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from guard.engine.decision import Reason
+from guard.observe.events import NullObserver, RequestEvent
+from guard.observe.settings import DecisionLogSettings
+
+log = logging.getLogger("guard.observe.decisionlog")
+
+MAX_PATH = 512
+MAX_TEXT = 200
+_EMAIL = re.compile(r"[^/]*(?:@|%40)[^/]*", re.IGNORECASE)
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+# (ts, ip, method, host, path, status, action, shadow, login, outcome, user, country, asn, score,
+#  reasons, upstream_s, overhead_s): plain values only, so the request objects are not kept alive.
+Row = tuple[Any, ...]
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def clean_path(path: str) -> str:
+    if len(path) > MAX_PATH:
+        path = path[:MAX_PATH] + "..."
+    if "@" in path or "%40" in path:
+        path = _EMAIL.sub("{email}", path)
+    return path
+
+
+def _text(value: object, limit: int = MAX_TEXT) -> str:
+    s = str(value)
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+def _reason(r: Reason) -> dict[str, object]:
+    out: dict[str, object] = {"rule": r.rule}
+    if r.detail:
+        out["detail"] = _text(r.detail)
+    if r.score:
+        out["score"] = r.score
+    if r.values:
+        out["values"] = {
+            _text(k, 64): v if isinstance(v, int | float) else _text(v, 64) for k, v in r.values.items()
+        }
+    if r.shadow:
+        out["shadow"] = True
+    return out
+
+
+def encode_row(row: Row, with_user: bool, pid: int) -> str:
+    """One JSON line: stable field names (dashboards and index mappings depend on them)."""
+    (ts, ip, method, host, path, status, action, shadow, login, outcome, user, country, asn, score,
+     reasons, upstream_s, overhead_s) = row
+    entry: dict[str, object] = {
+        "time": iso(ts), "ts": round(ts, 3), "event": "decision", "ip": ip, "method": _text(method, 16),
+        "host": _text(host, 255), "path": clean_path(path), "status": status, "action": action,
+        "rules": [r.rule for r in reasons],
+        "upstream_ms": None if upstream_s is None else round(upstream_s * 1000, 3),
+        "overhead_ms": round(overhead_s * 1000, 3), "pid": pid,
+    }
+    if shadow:
+        entry["shadow"] = True
+    if login is not None:
+        entry["login"] = login
+        entry["outcome"] = outcome or "none"
+    if user is not None and with_user:
+        entry["user"] = user
+    if country:
+        entry["country"] = country
+    if asn:
+        entry["asn"] = asn
+    if score:
+        entry["score"] = score
+    if reasons:
+        entry["reasons"] = [_reason(r) for r in reasons]
+    return _dumps(entry)
+
+
+def encode_ban(ts: float, subject: str, seconds: float, reason: str, removed: bool, pid: int) -> str:
+    return _dumps({
+        "time": iso(ts), "ts": round(ts, 3), "event": "unban" if removed else "ban",
+        "subject": _text(subject, 80), "seconds": seconds, "reason": _text(reason), "pid": pid,
+    })
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+PIPE_BUF = 4096   # POSIX: pipe writes up to this size are atomic: workers sharing stderr never split a line
+
+
+def _write_piped(fd: int, lines: list[bytes]) -> None:
+    """Write whole lines in chunks of at most ``PIPE_BUF`` bytes (a longer line goes alone)."""
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        if chunk and size + len(line) > PIPE_BUF:
+            _write_all(fd, b"".join(chunk))
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        _write_all(fd, b"".join(chunk))
+
+
+class RotatingFile:
+    """Size-rotated appends, safe across processes (``flock`` on ``<path>.lock``)."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._fd: int | None = None
+        self._ino = 0
+
+    def _open(self) -> int:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._ino = os.fstat(self._fd).st_ino
+        return self._fd
+
+    def _current(self) -> int:
+        try:
+            ino = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            ino = -1
+        if self._fd is None or ino != self._ino:  # another process rotated (or someone removed the file)
+            return self._open()
+        return self._fd
+
+    def _rotate(self) -> int:
+        if self.backups == 0:
+            os.truncate(self.path, 0)
+            return self._current()
+        for i in range(self.backups - 1, 0, -1):
+            src = self.path.with_name(f"{self.path.name}.{i}")
+            if src.exists():
+                os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        return self._open()
+
+    def write(self, lines: list[bytes]) -> None:
+        """Append whole lines, rotating between them at ``max_bytes``.  Blocking; raises ``OSError``."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(f"{self.path}.lock", os.O_WRONLY | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            fd = self._current()
+            size = os.fstat(fd).st_size
+            chunk: list[bytes] = []
+            room = self.max_bytes - size
+            for line in lines:
+                if len(line) > room and (chunk or size):
+                    _write_all(fd, b"".join(chunk))
+                    chunk = []
+                    fd = self._rotate()
+                    size, room = 0, self.max_bytes
+                chunk.append(line)
+                room -= len(line)
+            if chunk:
+                _write_all(fd, b"".join(chunk))
+        finally:
+            os.close(lock)  # releases the flock
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def files(self) -> list[Path]:
+        """The live file and its backups, oldest first (what a report reads)."""
+        out = [self.path.with_name(f"{self.path.name}.{i}") for i in range(self.backups, 0, -1)]
+        return [p for p in [*out, self.path] if p.exists()]
+
+
+class DecisionLog(NullObserver):
+    def __init__(
+        self,
+        settings: DecisionLogSettings,
+        stream: IO[str] | None = None,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._rows: list[Row] = []
+        self._bans: list[str] = []
+        self._cap = settings.queue
+        self._with_user = settings.usernames == "hash"
+        self._on_drop = on_drop
+        self._pid = os.getpid()
+        path = settings.path
+        self._file = RotatingFile(path, settings.max_bytes, settings.backups) if path is not None else None
+        self._stream = stream
+        self._task: asyncio.Task[None] | None = None
+        self._writing: asyncio.Lock | None = None
+        self._last_error = 0.0
+        self.dropped = 0
+        self.written = 0
+
+    # ---- observer (request path) -------------------------------------------------------------------
+
+    def request(self, event: RequestEvent) -> None:
+        rows = self._rows
+        if len(rows) >= self._cap:
+            self.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop(1)
+            return
+        req = event.req
+        d = event.decision
+        rows.append((
+            event.ts, req.client_ip, req.method, req.host, req.path, event.status, d.action.value, d.shadow,
+            req.login, req.outcome, event.user_key, event.country, event.asn, event.score, d.reasons,
+            event.upstream_s, event.overhead_s,
+        ))
+
+    def ban(self, subject: str, seconds: float, reason: str, removed: bool = False) -> None:
+        if len(self._bans) < self._cap:
+            self._bans.append(encode_ban(time.time(), subject, seconds, reason, removed, self._pid))
+
+    # ---- writing ----------------------------------------------------------------------------------------
+
+    def _encode(self, rows: list[Row], bans: list[str]) -> list[bytes]:
+        enc = encode_row
+        lines = [(enc(r, self._with_user, self._pid) + "\n").encode() for r in rows]
+        lines.extend((b + "\n").encode() for b in bans)
+        return lines
+
+    def _write(self, rows: list[Row], bans: list[str]) -> None:
+        lines = self._encode(rows, bans)
+        if not lines:
+            return
+        try:
+            if self._file is not None:
+                self._file.write(lines)
+            elif self._stream is not None:
+                self._stream.write(b"".join(lines).decode("utf-8"))
+                self._stream.flush()
+            else:
+                _write_piped(sys.stderr.fileno(), lines)
+            self.written += len(rows)
+        except (OSError, ValueError) as exc:
+            # A full disk loses log lines, never requests.  Say so, at most once a minute.
+            n = len(rows) + len(bans)
+            self.dropped += n
+            if self._on_drop is not None:
+                self._on_drop(n)
+            now = time.monotonic()
+            if now - self._last_error > 60:
+                self._last_error = now
+                reason = getattr(exc, "strerror", None) or exc
+                log.error("decision log write failed; dropping lines: %s", reason)
+
+    async def flush(self) -> None:
+        """Hand everything buffered to the writer thread (one batch at a time, in order)."""
+        if self._writing is None:
+            self._writing = asyncio.Lock()
+        async with self._writing:
+            rows, self._rows = self._rows, []
+            bans, self._bans = self._bans, []
+            if rows or bans:
+                await asyncio.to_thread(self._write, rows, bans)
+
+    def flush_sync(self) -> None:
+        rows, self._rows = self._rows, []
+        bans, self._bans = self._bans, []
+        self._write(rows, bans)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_interval)
+            try:
+                await self.flush()
+            except Exception:  # the flusher must outlive a bug in one batch
+                log.exception("decision log flush failed")
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="decision-log")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+        if self._file is not None:
+            self._file.close()
+
+    def files(self) -> list[Path]:
+        return self._file.files() if self._file is not None else []

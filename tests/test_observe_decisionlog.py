@@ -1,0 +1,124 @@
+"""The decision log: stable fields, rotation by size, no secrets, never blocking or failing a request."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from guard.engine.decision import Action
+from guard.observe import decisionlog
+from guard.observe.decisionlog import DecisionLog, RotatingFile
+from guard.observe.settings import DecisionLogSettings
+from tests.observe_fixtures import event
+
+PASSWORD = "hunter2-S3cr3t!"
+USERNAME = "alice.victim@example.jp"
+COOKIE = "sid=COOKIEVALUE123"
+QUERY = "reset_token=QUERYSECRET456&email=bob%40example.jp"
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+async def test_fields_are_stable_and_shippable(tmp_path: Path) -> None:
+    log = DecisionLog(DecisionLogSettings(path=tmp_path / "d.log"))
+    log.request(event(ip="203.0.113.9", action=Action.BAN, rules=("many-users",), status=403, login="login",
+                      outcome=None, user_key="ab" * 16, country="JP", asn=64500))
+    log.ban("ip:203.0.113.9", 600, "many-users")
+    await log.close()
+    decision, ban = lines(tmp_path / "d.log")
+    assert decision["event"] == "decision" and ban["event"] == "ban"
+    assert str(decision["time"]).endswith("Z") and isinstance(decision["ts"], float)
+    assert decision["ip"] == "203.0.113.9" and decision["action"] == "ban" and decision["status"] == 403
+    assert decision["rules"] == ["many-users"]
+    assert decision["reasons"] == [{"rule": "many-users", "detail": "many-users fired", "score": 10.0,
+                                    "values": {"count": 5}}]
+    assert decision["user"] == "ab" * 16 and decision["country"] == "JP" and decision["asn"] == 64500
+    assert decision["login"] == "login" and decision["outcome"] == "none"
+
+
+async def test_usernames_can_be_omitted(tmp_path: Path) -> None:
+    log = DecisionLog(DecisionLogSettings(path=tmp_path / "d.log", usernames="omit"))
+    log.request(event(login="login", user_key="cafe" * 8))
+    await log.close()
+    assert "user" not in lines(tmp_path / "d.log")[0]
+
+
+async def test_no_secrets_reach_the_log(tmp_path: Path) -> None:
+    """Plant a password, a username, a cookie and a query string in requests; none may appear in any file."""
+    log = DecisionLog(DecisionLogSettings(path=tmp_path / "d.log", max_bytes=4096, backups=3))
+    body = f"username={USERNAME}&password={PASSWORD}".encode()
+    for i in range(200):
+        log.request(event(
+            ip="203.0.113.9", login="login", action=Action.BLOCK if i % 2 else Action.PASS,
+            rules=("many-users",) if i % 2 else (), status=403 if i % 2 else 302, outcome="failure",
+            path=f"/users/{USERNAME}/login", query=QUERY, body=body,
+            headers={"Cookie": COOKIE, "Authorization": f"Basic {PASSWORD}", "User-Agent": "x"},
+            content_type="application/x-www-form-urlencoded", user_key="0123456789abcdef" * 2,
+        ))
+    await log.close()
+    files = list(tmp_path.glob("d.log*"))  # noqa: ASYNC240 (a test reading its own tmp files)
+    assert len([f for f in files if not f.name.endswith(".lock")]) == 4   # rotated: d.log + 3 backups
+    text = "".join(f.read_text() for f in files)
+    for secret in (PASSWORD, USERNAME, "alice.victim", COOKIE, "COOKIEVALUE123", "QUERYSECRET456",
+                   "bob%40example.jp", "reset_token"):
+        assert secret not in text, secret
+    assert "/users/{email}/login" in text
+
+
+async def test_rotation_keeps_n_backups_and_whole_lines(tmp_path: Path) -> None:
+    log = DecisionLog(DecisionLogSettings(path=tmp_path / "d.log", max_bytes=8192, backups=2))
+    for _ in range(5):
+        for _ in range(100):
+            log.request(event())
+        await log.flush()
+    await log.close()
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))  # noqa: ASYNC240
+    assert names == ["d.log", "d.log.1", "d.log.2"]
+    for name in names:
+        path = tmp_path / name
+        assert path.stat().st_size <= 8192
+        assert all(json.loads(x)["event"] == "decision" for x in path.read_text().splitlines())
+    files = RotatingFile(tmp_path / "d.log", 8192, 2).files()
+    assert [p.name for p in files] == ["d.log.2", "d.log.1", "d.log"]
+
+
+async def test_request_path_does_not_write(tmp_path: Path) -> None:
+    log = DecisionLog(DecisionLogSettings(path=tmp_path / "d.log"))
+    log.request(event())
+    assert not (tmp_path / "d.log").exists()   # buffered: the timer writes, off the event loop
+    await log.close()
+    assert len(lines(tmp_path / "d.log")) == 1
+
+
+async def test_full_queue_drops_and_counts() -> None:
+    dropped: list[int] = []
+    stream = io.StringIO()
+    log = DecisionLog(DecisionLogSettings(queue=100), stream=stream, on_drop=dropped.append)
+    for _ in range(150):
+        log.request(event())
+    assert sum(dropped) == 50 and log.dropped == 50
+    await log.close()
+    assert len(stream.getvalue().splitlines()) == 100
+
+
+async def test_full_disk_drops_lines_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def enospc(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    dropped: list[int] = []
+    log = DecisionLog(DecisionLogSettings(path=tmp_path / "d.log"), on_drop=dropped.append)
+    monkeypatch.setattr(decisionlog, "_write_all", enospc)
+    for _ in range(10):
+        log.request(event())
+    await log.flush()           # must not raise
+    assert sum(dropped) == 10
+    monkeypatch.undo()
+    log.request(event())
+    await log.close()
+    assert len(lines(tmp_path / "d.log")) == 1   # the disk has room again: logging resumes

@@ -1,0 +1,42 @@
+"""The hub: observers built from the config, wired to the engine, following its attack flag and bans."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from guard.engine.decision import Action
+from guard.observe.hub import Observability
+from tests.observe_fixtures import event, make_engine
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait for state another task changes on its own timer (the hub polls the engine once a second)."""
+    async with asyncio.timeout(5):
+        while not predicate():  # noqa: ASYNC110 (nothing to wait on: the state is a property)
+            await asyncio.sleep(0.05)
+
+
+async def test_from_config_wires_the_engine_and_follows_its_state(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    await engine.start()
+    obs = Observability.from_config(engine.config, multiproc=False)
+    try:
+        await obs.start(engine)
+        assert engine.observer is obs.fanout
+        assert obs.decision_log is not None and obs.webhook is None
+        await engine.ban("ip:203.0.113.5", 60, "many-users")         # the engine reports to the fanout
+        obs.fanout.request(event(ip="203.0.113.5", action=Action.BLOCK, rules=("banned",), status=403))
+        text = obs.metrics.render().decode()
+        assert 'guard_bans_total{reason="many-users"} 1.0' in text
+        assert obs.live.snapshot()["top"]["ip"] == [["203.0.113.5", 1]]
+        engine._attack_until = engine.clock.now() + 1.5               # the detector trips, then calms down
+        await until(lambda: bool(obs.live.attack_state.get("active")))
+        assert "guard_attack_in_progress 1.0" in obs.metrics.render().decode()
+        await until(lambda: not obs.live.attack_state.get("active"))
+        assert "guard_attack_in_progress 0.0" in obs.metrics.render().decode()
+        assert "guard_bans_active 1.0" in obs.metrics.render().decode()
+    finally:
+        await obs.close()
+        await engine.close()

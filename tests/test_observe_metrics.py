@@ -1,0 +1,114 @@
+"""Metrics: names and labels as scraped, bounded cardinality, multiprocess aggregation across processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from guard.engine.decision import Action
+from guard.observe.metrics import Metrics, render
+from tests.observe_fixtures import event
+
+IP = re.compile(r"\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f:]+")
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_scrape_parses_and_counts() -> None:
+    m = Metrics(multiproc=False)
+    for _ in range(3):
+        m.request(event(action=Action.BLOCK, rules=("admin-path",), status=403, path="/admin/1"))
+    m.request(event(login="login", outcome="failure", status=200))
+    m.request(event(login="login", action=Action.BLOCK, rules=("many-users",), status=403))
+    m.challenge("issued", "email")
+    m.challenge("bogus-event", "email")
+    m.pii("/account/123", "phone", "tokenize", 2)
+    m.tamper("/account/123", "uid")
+    m.store_op(0.002, True)
+    m.store_op(0.3, False)
+    m.reload(True)
+    m.reload(False)
+    m.attack(True, 50, 12.0, 0.5)
+    m.known_rules = frozenset({"many-users"})
+    m.ban("ip:203.0.113.9", 600, "many-users")
+    m.ban("ip:203.0.113.9", 600, "manual: stuffing from 203.0.113.9")   # free text never becomes a label
+    m.ban("ip:203.0.113.9", 0, "unban", removed=True)
+    m.set_bans_active(4)
+    s = samples(m.render().decode())
+    assert s[("guard_requests_total", (("action", "block"), ("status_class", "4xx")))] == 4
+    assert s[("guard_requests_total", (("action", "pass"), ("status_class", "2xx")))] == 1
+    assert s[("guard_rule_hits_total", (("mode", "enforce"), ("rule", "admin-path")))] == 3
+    assert s[("guard_login_attempts_total", (("endpoint", "login"), ("outcome", "failure")))] == 1
+    assert s[("guard_login_attempts_total", (("endpoint", "login"), ("outcome", "blocked")))] == 1
+    assert s[("guard_challenges_total", (("channel", "email"), ("event", "issued")))] == 1
+    assert s[("guard_challenges_total", (("channel", "email"), ("event", "other")))] == 1
+    assert s[("guard_pii_fields_total", (("kind", "phone"), ("mode", "tokenize")))] == 2
+    assert s[("guard_pii_tamper_total", ())] == 1
+    assert s[("guard_store_errors_total", ())] == 1
+    assert s[("guard_store_latency_seconds_count", ())] == 2
+    assert s[("guard_rule_reloads_total", (("result", "error"),))] == 1
+    assert s[("guard_attack_in_progress", ())] == 1
+    assert s[("guard_bans_total", (("reason", "many-users"),))] == 1
+    assert s[("guard_bans_total", (("reason", "manual"),))] == 1
+    assert s[("guard_unbans_total", ())] == 1
+    assert s[("guard_bans_active", ())] == 4
+    assert s[("guard_overhead_seconds_count", ())] == 5
+    assert s[("guard_upstream_latency_seconds_count", ())] == 1   # blocked requests never reached it
+    # sub-millisecond buckets exist for the guard's own overhead
+    assert ("guard_overhead_seconds_bucket", (("le", "5e-05"),)) in s
+
+
+def test_labels_stay_bounded_under_a_botnet() -> None:
+    m = Metrics(multiproc=False)
+    for i in range(5000):
+        m.request(event(ip=f"10.{i // 250}.{i % 250}.1", action=Action.BLOCK, rules=("many-users",),
+                        status=403, path=f"/user/{i}", login="login", user_key=f"acct-hash-{i}"))
+    text = m.render().decode()
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            for value in s.labels.values():
+                assert not IP.fullmatch(value), (s.name, value)
+                assert "acct-hash" not in value and "/" not in value, (s.name, value)
+    assert len([ln for ln in text.splitlines() if ln.startswith("guard_requests_total")]) == 1
+
+
+CHILD = """
+import sys
+from guard.observe.metrics import Metrics
+from tests.observe_fixtures import event
+from guard.engine.decision import Action
+m = Metrics()
+assert m.multiproc is not None
+for _ in range(int(sys.argv[1])):
+    m.request(event(action=Action.BLOCK, rules=("admin-path",), status=403))
+m.set_bans_active(int(sys.argv[2]))
+m.attack(True, 1, 1, 1)
+"""
+
+
+def test_multiprocess_two_writers_one_scrape(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    root = Path(__file__).resolve().parent.parent
+    for n, bans in ((7, 3), (5, 3)):
+        subprocess.run([sys.executable, "-c", CHILD, str(n), str(bans)], env=env, cwd=root, check=True,
+                       timeout=30)
+    assert len(list(tmp_path.glob("*.db"))) >= 2
+    s = samples(render(path=tmp_path).decode())
+    assert s[("guard_requests_total", (("action", "block"), ("status_class", "4xx")))] == 12
+    assert s[("guard_rule_hits_total", (("mode", "enforce"), ("rule", "admin-path")))] == 12
+    assert s[("guard_overhead_seconds_count", ())] == 12
+    # livemax gauges: the writers have exited, so their live gauges no longer count... unless still alive;
+    # the files stay until the supervisor marks the process dead.  Either way the value is never summed.
+    gauges = [v for (name, _), v in s.items() if name == "guard_bans_active"]
+    assert all(v <= 3 for v in gauges)
