@@ -1,4 +1,4 @@
-"""The ``guard`` command: run, check, schema, version.
+"""The ``guard`` command: run, check, test, ban, simulate, audit, schema, version.
 
 Exit codes are part of the interface: 0 fine, 1 the checked files have
 problems, 2 the command itself was used wrongly or could not start.
@@ -74,6 +74,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     for line in report(summary):
         print(line)
     return 0 if all(ok for _, ok, _ in check(summary)) else 1
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from guard.pii.audit import run
+
+    return run(
+        args.urls, args.cookie, fmt=args.format, show_masked=args.show_masked, time_limit=args.timeout,
+        insecure=args.insecure, config=args.config,
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -152,6 +161,33 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--scale", type=float, default=1.0, help="population scale (1.0: 3,000 accounts)")
     sim.add_argument("--seed", type=int, default=2021, help="random seed (default: %(default)s)")
     sim.set_defaults(func=_cmd_simulate)
+
+    audit = add(
+        "audit", "fetch pages and list the PII they carry (hidden fields, other fields, attributes, text); "
+        "values are never printed. Exit 1 when PII is found",
+        "guard audit https://support.example/contact --cookie SID=abc123 --show-masked",
+    )
+    audit.add_argument("urls", nargs="+", metavar="URL", help="pages to fetch (redirects are followed)")
+    audit.add_argument(
+        "--cookie", action="append", default=[], metavar="NAME=VALUE",
+        help="send this cookie (repeatable): audit pages as a logged-in user sees them",
+    )
+    audit.add_argument("--format", choices=("table", "json"), default="table", help="output (default: table)")
+    audit.add_argument(
+        "--show-masked", action="store_true",
+        help="add a masked sample per row (+81 **-****-5678, t***@example.jp)",
+    )
+    audit.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS", help="per page (default 15)")
+    audit.add_argument("--insecure", action="store_true", help="skip TLS certificate checks (test servers)")
+    audit.add_argument(
+        "-c", "--config", default=None, help="take custom detectors (pii.detectors) from this config file"
+    )
+    audit.set_defaults(func=_cmd_audit)
+
+    from guard import reportcli
+
+    report = reportcli.add_parser(sub)
+    report.set_defaults(func=lambda a: reportcli.main(a))
 
     schema = add("schema", "print the JSON Schema of guard.yaml (for editors)", "guard schema > guard.schema.json")
     schema.set_defaults(func=_cmd_schema)

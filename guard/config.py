@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guard.challenge.settings import ChallengeSettings, keys_from_env
+from guard.observe.settings import ObserveConfig
+from guard.pii.settings import PIIConfig
 from guard.units import ByteSize, Duration, ListenAddress
 from guard.yamlsource import Located, Problem, SourceError, load_file, load_text, problems_from_validation
 
@@ -366,6 +368,10 @@ class Config(_Model):
     challenge: ChallengeSettings | None = Field(
         None, description="the second factor behind the challenge action; without it, challenge blocks"
     )
+    observe: ObserveConfig = ObserveConfig()
+    pii: PIIConfig = Field(
+        PIIConfig(), description="PII in pages: tokenized in hidden fields by default, swapped back on submit"
+    )
     observe_score: float = Field(
         30.0, ge=0, description="exposure ledger: a successful login whose rule score reaches this is flagged"
     )
@@ -449,6 +455,14 @@ def _resolve_paths(cfg_dir: Path, data: Any) -> None:
         for spec in lists.values():
             if isinstance(spec, dict) and isinstance(spec.get("file"), str) and not os.path.isabs(spec["file"]):
                 spec["file"] = str(cfg_dir / spec["file"])
+    obs = data.get("observe")
+    if isinstance(obs, dict):
+        for section, key in (("decision_log", "path"), ("ledger", "path"), (None, "multiproc_dir")):
+            holder = obs.get(section) if section else obs
+            if isinstance(holder, dict):
+                v = holder.get(key)
+                if isinstance(v, str) and v and not os.path.isabs(v):
+                    holder[key] = str(cfg_dir / v)
     sd = data.get("state_dir", "var")
     if isinstance(sd, str) and not os.path.isabs(sd):
         data["state_dir"] = str(cfg_dir / sd)

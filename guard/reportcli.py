@@ -106,6 +106,12 @@ def main(args: argparse.Namespace, open_login: OpenLogin | None = None) -> int:
         for p in exc.problems:
             print(p, file=sys.stderr)
         return 2
+    if open_login is None:
+        from guard.engine.sealing import LoginSealer, stored_secret
+
+        secret = stored_secret(config)
+        if secret is not None:
+            open_login = LoginSealer(secret).open
     try:
         sys.stdout.write(run(args, config, open_login))
     except ValueError as exc:

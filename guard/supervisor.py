@@ -40,6 +40,7 @@ async def serve(config_path: Path, config: Config, worker: int = 0) -> int:
     from guard.http.server import GuardServer
 
     server = GuardServer(config, reuse_port=True)
+    server.config_path = config_path
     try:
         await server.start()
     except OSError as exc:
@@ -71,20 +72,24 @@ async def serve(config_path: Path, config: Config, worker: int = 0) -> int:
         while True:
             await reloads.get()
             try:
-                new = load_config(config_path)
+                new = await asyncio.to_thread(load_config, config_path)
             except SourceError as exc:
                 for p in exc.problems:
                     log.error("reload rejected, old config stays live: %s", p, extra={"worker": worker})
+                _count_reload(server, ok=False)
                 continue
             try:
                 await server.reload(new)
             except SourceError as exc:
                 for p in exc.problems:
                     log.error("reload rejected, old config stays live: %s", p, extra={"worker": worker})
+                _count_reload(server, ok=False)
                 continue
             except Exception:
                 log.exception("reload failed, old config stays live", extra={"worker": worker})
+                _count_reload(server, ok=False)
                 continue
+            _count_reload(server, ok=True)
             log.info("config reloaded", extra={"worker": worker})
 
     reload_task = loop.create_task(reloader())
@@ -110,6 +115,12 @@ async def serve(config_path: Path, config: Config, worker: int = 0) -> int:
     await server.stop(config.timeouts.shutdown_grace)
     log.info("stopped", extra={"worker": worker})
     return 0
+
+
+def _count_reload(server: object, ok: bool) -> None:
+    obs = getattr(server, "observability", None)
+    if obs is not None:
+        obs.fanout.reload(ok)
 
 
 def _worker_main(config_path: Path, config: Config, worker: int) -> int:
@@ -141,8 +152,27 @@ def run(config_path: Path, workers: int = 1, allow_split_state: bool = False) ->
         if config.listen.port == 0 or config.admin.listen.port == 0:
             print("guard: --workers > 1 needs fixed ports (listen and admin.listen are 0)", file=sys.stderr)
             return 2
-        return _supervise(config_path, config, workers)
+        return _supervise_with_metrics(config_path, config, workers)
     return _worker_main(config_path, config, 0)
+
+
+def _supervise_with_metrics(config_path: Path, config: Config, workers: int) -> int:
+    """Workers write their metrics and live views to one folder, so any worker can answer for all."""
+    import shutil
+    import tempfile
+
+    configured = config.observe.multiproc_dir
+    folder = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="guard-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.db"):
+        old.unlink()
+    shutil.rmtree(folder / "live", ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    try:
+        return _supervise(config_path, config, workers)
+    finally:
+        if configured is None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _fork_worker(config_path: Path, config: Config, worker: int) -> int:
@@ -159,6 +189,13 @@ def _fork_worker(config_path: Path, config: Config, worker: int) -> int:
             logging.shutdown()
             os._exit(code)
     return pid
+
+
+def _metrics_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from guard.observe.metrics import mark_process_dead
+
+        mark_process_dead(pid)
 
 
 def _supervise(config_path: Path, config: Config, workers: int) -> int:
@@ -201,6 +238,7 @@ def _supervise(config_path: Path, config: Config, workers: int) -> int:
             time.sleep(0.05)
             continue
         worker = children.pop(pid, None)
+        _metrics_dead(pid)
         if worker is None or stopping:
             continue
         code = os.waitstatus_to_exitcode(status)

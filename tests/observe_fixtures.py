@@ -44,6 +44,7 @@ def make_config(tmp_path: Path, rules: str = RULES) -> Config:
         f"rules: [{tmp_path / 'rules.yaml'}]\n"
         "logins:\n  - {id: login, path: /login}\n"
         "attack: {enabled: false}\n"
+        f"state_dir: {tmp_path / 'state'}\n"
     )
     return load_config_text(text, env={})
 

@@ -187,6 +187,7 @@ def make_config(upstream_url: str, tmp_path: Path, rules: str | None = None, **o
         "listen": "127.0.0.1:0",
         "admin": {"listen": "127.0.0.1:0"},
         "attack": {"enabled": False},
+        "state_dir": str(tmp_path / "state"),
     }
     if rules is not None:
         path = tmp_path / f"rules-{len(list(tmp_path.glob('rules-*.yaml')))}.yaml"

@@ -136,7 +136,7 @@ async def test_right_password_code_releases_the_upstream_login(
         assert status == 302 and headers["Location"] == "/contact"
         assert any(c.startswith("SID=") for c in cookies)
         status, contact = await browser.get("/contact")
-        assert status == 200 and ALICE.user_id in contact
+        assert status == 200 and "Contact form" in contact  # the upstream's session works
         # the code is single use
         status, _, page, _ = await browser.post(
             "/.loginguard/challenge", {**fields, "code": code_in(box), "op": "verify"}

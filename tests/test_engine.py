@@ -50,7 +50,8 @@ def make_config(tmp_path: Path, extra: str = "", rules: str = RULES) -> Config:
         "upstream: http://127.0.0.1:9\n"
         f"rules: [{tmp_path / 'rules.yaml'}]\n"
         "logins:\n  - {id: login, path: /login}\n"
-        "attack: {enabled: false}\n" + extra
+        "attack: {enabled: false}\n" + (f"state_dir: {tmp_path / 'state'}\n" if "state_dir" not in extra else "")
+        + extra
     )
     return load_config_text(text, env={})
 

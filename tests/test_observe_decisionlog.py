@@ -99,7 +99,7 @@ async def test_request_path_does_not_write(tmp_path: Path) -> None:
 async def test_full_queue_drops_and_counts() -> None:
     dropped: list[int] = []
     stream = io.StringIO()
-    log = DecisionLog(DecisionLogSettings(queue=100), stream=stream, on_drop=dropped.append)
+    log = DecisionLog(DecisionLogSettings(queue=100), stream=stream, on_drop=dropped.append, inline=False)
     for _ in range(150):
         log.request(event())
     assert sum(dropped) == 50 and log.dropped == 50

@@ -204,7 +204,7 @@ geoip:
   city: {geo / 'test-City.mmdb'}
   asn: {geo / 'test-ASN.mmdb'}
   hosting_asns: {geo / 'hosting-asns.txt'}
-log: {{file: {log_file}}}
+state_dir: {log_file.parent / 'state'}
 """
 
 

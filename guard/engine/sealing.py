@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -40,3 +41,36 @@ class LoginSealer:
             return self._aead.decrypt(blob[:12], blob[12:], _AAD).decode("utf-8")
         except (ValueError, InvalidTag, UnicodeDecodeError):
             return None
+
+
+def stored_secret(config: Any) -> bytes | None:
+    """The fingerprint/ledger key the running guards use, read the way they find it.
+
+    ``secret_key`` from the config; else, with the memory store, ``state_dir/secret.key``;
+    else the key the guards share through Redis.  None when no guard has made one yet.
+    """
+    if config.secret_key:
+        return str(config.secret_key).encode()
+    if config.store.backend == "memory":
+        try:
+            data = (config.state_dir / "secret.key").read_bytes().strip()
+        except OSError:
+            return None
+        return data or None
+    import asyncio
+
+    from guard.store import make_store
+    from guard.store.base import Get, StoreError
+
+    async def fetch() -> bytes | None:
+        store = make_store(config.store)
+        await store.start()
+        try:
+            (value,) = await store.execute([Get("secret:hmac")], 0.0)
+            return bytes(value) if value else None
+        except StoreError:
+            return None
+        finally:
+            await store.close()
+
+    return asyncio.run(fetch())

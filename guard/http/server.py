@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import IO, Any
 
+from guard import __version__
 from guard.accesslog import RequestLog
+from guard.http.adminapi import AdminDeps, install
+from guard.observe.hub import Observability, decision_log_settings
 from guard.config import Config
 from guard.engine import Clock, Engine
 from guard.engine.runtime import build_runtime
@@ -28,6 +32,7 @@ from guard.http.proxy import ProxyHandler
 from guard.http.settings import Settings, build_settings, restart_needed
 from guard.http.tls import server_context
 from guard.http.upstream import Upstream
+from guard.pii.vault import Vault
 from guard.store.base import Store
 
 log = logging.getLogger("guard.http")
@@ -60,7 +65,10 @@ class GuardServer:
         self.public_port = 0
         self.admin_port = 0
         self._challenges: Any = None
+        self._obs: Observability | None = None
+        self.config_path: Path | None = None  # set by the supervisor: what POST /api/reload reads
         self._flow: Any = None
+        self._vault: Vault | None = None
 
     @property
     def config(self) -> Config:
@@ -99,8 +107,11 @@ class GuardServer:
         engine_rt = await asyncio.to_thread(build_runtime, config)
         engine = self._engine = Engine(config, store, self._clock, runtime=engine_rt)
         await engine.start()
-        request_log = self._request_log = RequestLog(config.log.requests, config.log.file, self._log_stream)
-        request_log.start()
+        obs = self._obs = Observability.from_config(
+            config, log_stream=self._log_stream, decision_log=decision_log_settings(config)
+        )
+        await obs.start(engine)  # the engine reports bans, attacks and exposures to it
+        request_log = self._request_log = RequestLog(obs.fanout, engine)
         upstream = self._upstream = Upstream(config)
         await upstream.start()
         if config.challenge is not None:
@@ -111,7 +122,10 @@ class GuardServer:
             await svc.start()
             engine.challenges = svc
             self._flow = ChallengeFlow(svc, upstream)
-        settings = build_settings(config, engine, self._flow)
+        # PII tokens are sealed under a key from the engine's secret (shared through the store, so
+        # every instance agrees); the engine has no public accessor for it yet.
+        self._vault = Vault(engine._secret, store, engine.clock)
+        settings = build_settings(config, engine, self._flow, self._vault)
         handler = self._handler = ProxyHandler(settings, upstream, request_log)
         web_server = self._web = GuardWebServer(handler, settings=settings)
         ssl_context = server_context(config.tls) if config.tls is not None else None
@@ -120,9 +134,25 @@ class GuardServer:
         await self._listener.start()
         self.public_port = self._listener.port
         self._health = Health(store)
-        self._admin = AdminServer(make_app(self._health), config.admin.listen, reuse_port=self._reuse_port)
+        app = make_app(self._health)
+        install(app, AdminDeps.from_hub(obs, engine, config.admin.token, self._reload_from_disk, __version__))
+        self._admin = AdminServer(app, config.admin.listen, reuse_port=self._reuse_port)
         await self._admin.start()
         self.admin_port = self._admin.port
+
+    async def _reload_from_disk(self) -> None:
+        """POST /api/reload: read the config file again; a ``SourceError`` becomes the API's 422."""
+        if self.config_path is None:
+            new = self._config
+        else:
+            from guard.config import load_config
+
+            new = await asyncio.to_thread(load_config, self.config_path)
+        await self.reload(new)
+
+    @property
+    def observability(self) -> Observability | None:
+        return self._obs
 
     async def reload(self, new: Config) -> None:
         """Apply ``new`` live: rules, logins, lists, trusted proxies, limits, timeouts, brand.
@@ -134,7 +164,7 @@ class GuardServer:
         engine = self.engine
         later = restart_needed(self._config, new)
         await engine.reload(new)
-        settings = build_settings(new, engine, self._flow)
+        settings = build_settings(new, engine, self._flow, self._vault)
         self._apply(settings)
         self._config = new
         if later:
@@ -165,12 +195,13 @@ class GuardServer:
         if self._upstream is not None:
             await self._upstream.close()
             self._upstream = None
+        if self._obs is not None:
+            await self._obs.close()  # flush the decision log and the ledger before the store goes
+            self._obs = None
+        self._request_log = None
         if self._engine is not None:
             await self._engine.close()
             self._engine = None
-        if self._request_log is not None:
-            await self._request_log.close()
-            self._request_log = None
         if self._admin is not None:
             await self._admin.close()
             self._admin = None

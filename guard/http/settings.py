@@ -18,6 +18,8 @@ from guard.clientip import TrustedProxies
 from guard.config import Config
 from guard.engine import Engine
 from guard.http.pages import Pages
+from guard.http.piiflow import PIIFlow
+from guard.pii.vault import Vault
 
 # A tarpit delay is a decision value; this caps what any rule can make a
 # connection wait, so a misconfigured rule cannot pin connections for hours.
@@ -27,7 +29,7 @@ MAX_TARPIT = 30.0
 # context, the upstream connection pool, the store connection or the log file.
 RESTART_KEYS = (
     "listen", "upstream", "upstream_tls", "tls", "proxy_protocol", "admin.listen", "store",
-    "log.requests", "log.file", "limits.upstream_connections", "challenge",
+    "log.requests", "log.file", "limits.upstream_connections", "challenge", "observe",
 )
 
 
@@ -50,9 +52,13 @@ class Settings:
     upstream_idle: float              # longest silence within a response body
     max_in_flight: int                # pool size + queue: beyond it, 503 at once
     challenge: Any = None             # guard.http.challengeflow.ChallengeFlow when configured
+    pii: PIIFlow | None = None        # None: PII disabled (or no vault): responses and forms pass untouched
 
 
-def build_settings(config: Config, engine: Engine, challenge: Any = None) -> Settings:
+def build_settings(
+    config: Config, engine: Engine, challenge: Any = None, vault: Vault | None = None
+) -> Settings:
+    """``vault``: the PII token vault (one per server); without it, values chosen for tokenize are emptied."""
     if config.host_header == "keep":
         host_override: str | None = None
     elif config.host_header == "upstream":
@@ -84,6 +90,7 @@ def build_settings(config: Config, engine: Engine, challenge: Any = None) -> Set
         upstream_idle=t.upstream_idle,
         max_in_flight=lim.upstream_connections + lim.max_pending_upstream,
         challenge=challenge,
+        pii=PIIFlow(config.pii, engine, vault) if config.pii.enabled else None,
     )
 
 

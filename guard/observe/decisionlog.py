@@ -219,6 +219,7 @@ class DecisionLog(NullObserver):
         settings: DecisionLogSettings,
         stream: IO[str] | None = None,
         on_drop: Callable[[int], None] | None = None,
+        inline: bool | None = None,
     ) -> None:
         self.settings = settings
         self._rows: list[Row] = []
@@ -230,6 +231,9 @@ class DecisionLog(NullObserver):
         path = settings.path
         self._file = RotatingFile(path, settings.max_bytes, settings.backups) if path is not None else None
         self._stream = stream
+        # An in-memory stream handed in by an embedding program or a test is written at once:
+        # it costs no syscall, and the caller reads it right after the request.
+        self._inline = (stream is not None and path is None) if inline is None else inline
         self._task: asyncio.Task[None] | None = None
         self._writing: asyncio.Lock | None = None
         self._last_error = 0.0
@@ -252,6 +256,9 @@ class DecisionLog(NullObserver):
             req.login, req.outcome, event.user_key, event.country, event.asn, event.score, d.reasons,
             event.upstream_s, event.overhead_s,
         ))
+        if self._inline:
+            self._rows = []
+            self._write(rows, [])
 
     def ban(self, subject: str, seconds: float, reason: str, removed: bool = False) -> None:
         if len(self._bans) < self._cap:

@@ -21,7 +21,7 @@ from guard.observe.events import Fanout, Observer, RequestEvent
 from guard.observe.ledger import Ledger, LedgerBackend, make_backend
 from guard.observe.live import LiveView
 from guard.observe.metrics import Metrics
-from guard.observe.settings import ObserveConfig, observe_settings
+from guard.observe.settings import DecisionLogSettings, ObserveConfig, observe_settings
 from guard.observe.share import LiveShare
 from guard.observe.webhook import AttackNotifier
 
@@ -91,10 +91,14 @@ class Observability:
         self._poll: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_config(cls, config: Config, **kw: Any) -> Observability:
+    def from_config(
+        cls, config: Config, decision_log: DecisionLogSettings | None = None, **kw: Any
+    ) -> Observability:
         """The usual constructor: ``observe:``, the store, the state folder and the brand from guard.yaml."""
-        return cls(observe_settings(config), config.store, name=config.brand.name, state_dir=config.state_dir,
-                   **kw)
+        settings = observe_settings(config)
+        if decision_log is not None:
+            settings = settings.model_copy(update={"decision_log": decision_log})
+        return cls(settings, config.store, name=config.brand.name, state_dir=config.state_dir, **kw)
 
     @property
     def observer(self) -> Observer:
@@ -153,3 +157,18 @@ class Observability:
         await self.ledger.close()
         if self.webhook is not None:
             await self.webhook.close()
+
+
+def decision_log_settings(config: Config) -> DecisionLogSettings:
+    """``observe.decision_log``, with the older ``log.requests`` / ``log.file`` keys honoured.
+
+    ``log.requests: false`` turns the per-request lines off; ``log.file`` is where they
+    go when ``observe.decision_log.path`` is not set.
+    """
+    dl = observe_settings(config).decision_log
+    update: dict[str, Any] = {}
+    if not config.log.requests:
+        update["enabled"] = False
+    if dl.path is None and config.log.file is not None:
+        update["path"] = config.log.file
+    return dl.model_copy(update=update) if update else dl
