@@ -163,9 +163,9 @@ class Engine:
         if old is not rt:
             old.close()
 
-    async def reload(self, config: Config) -> None:
+    async def reload(self, config: Config, runtime: Runtime | None = None) -> None:
         """Compile off the event loop, then swap; raises SourceError and keeps the old set on problems."""
-        rt = await asyncio.to_thread(build_runtime, config)
+        rt = runtime if runtime is not None else await asyncio.to_thread(build_runtime, config)
         fetcher = await self._start_fetcher(rt)
         old_fetcher, self._fetcher = self._fetcher, fetcher
         self.swap_runtime(rt)
