@@ -85,6 +85,23 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from guard.demo.run import demo
+    from guard.supervisor import _install_uvloop
+    from guard.units import parse_hostport
+
+    _install_uvloop()
+    try:
+        return asyncio.run(
+            demo(parse_hostport(args.app), parse_hostport(args.listen), parse_hostport(args.admin),
+                 args.attack, args.duration)
+        )
+    except KeyboardInterrupt:
+        return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from guard.supervisor import run
 
@@ -153,6 +170,17 @@ def _parser() -> argparse.ArgumentParser:
     bdel = bsub.add_parser("del", help="remove a ban (and the counters that caused it)", parents=[cfg])
     bdel.add_argument("subject", help="an IP address or a CIDR")
     ban.set_defaults(func=_cmd_ban)
+
+    dem = add(
+        "demo", "the incident's legacy site behind the guard, a demo phone for codes, and the dashboard",
+        "guard demo --attack",
+    )
+    dem.add_argument("--attack", action="store_true", help="replay a short credential-stuffing attack")
+    dem.add_argument("--listen", default="127.0.0.1:8080", help="the guard (default: %(default)s)")
+    dem.add_argument("--admin", default="127.0.0.1:9090", help="admin listener and dashboard (default: %(default)s)")
+    dem.add_argument("--app", default="127.0.0.1:8000", help="the legacy site (default: %(default)s)")
+    dem.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    dem.set_defaults(func=_cmd_demo)
 
     sim = add(
         "simulate", "replay a credential-stuffing attack against a bundled legacy app behind the guard",

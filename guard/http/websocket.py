@@ -12,6 +12,7 @@ completed with the side that started it.
 from __future__ import annotations
 
 import asyncio
+import time
 import contextlib
 import logging
 from typing import Any, Protocol
@@ -61,7 +62,7 @@ class WebSocketRelay:
         self, request: web.BaseRequest, rt: Settings, facts: RequestFacts, fwd: Forwarding, target: Target,
         decision: Decision, t0: float,
     ) -> web.StreamResponse:
-        loop_time = asyncio.get_running_loop().time
+        loop_time = time.perf_counter  # the proxy's clock: t0 comes from it
         upstream, request_log = self.upstream, self.log
         accept = request.headers.get("Accept", "")
         if not web.WebSocketResponse().can_prepare(request).ok:
