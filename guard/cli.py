@@ -217,6 +217,10 @@ def _parser() -> argparse.ArgumentParser:
     report = reportcli.add_parser(sub)
     report.set_defaults(func=lambda a: reportcli.main(a))
 
+    from guard import resetcli
+
+    resetcli.add_parser(sub)
+
     schema = add("schema", "print the JSON Schema of guard.yaml (for editors)", "guard schema > guard.schema.json")
     schema.set_defaults(func=_cmd_schema)
 

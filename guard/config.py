@@ -369,6 +369,11 @@ class Config(_Model):
         None, description="the second factor behind the challenge action; without it, challenge blocks"
     )
     observe: ObserveConfig = ObserveConfig()
+    forced_reset_url: str | None = Field(
+        None, pattern=r"^(https?://|/)",
+        description="accounts put on the forced-reset list (guard reset add) are sent here on their next "
+        "successful login, instead of into their session",
+    )
     pii: PIIConfig = Field(
         PIIConfig(), description="PII in pages: tokenized in hidden fields by default, swapped back on submit"
     )

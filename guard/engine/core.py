@@ -39,6 +39,7 @@ from guard.rules.evaluate import Verdict, allow_verdict, decide, first_allow, ma
 from guard.rules.model import Rule
 from guard.store.base import (
     AddDistinct, Ban, Count, CountDistinct, Delete, Get, GetBans, Hit, Incr, Op, Put, PutNew, Store, StoreError,
+    Take,
 )
 
 log = logging.getLogger("guard.engine")
@@ -394,6 +395,33 @@ class Engine:
                 login = Login(ctx.username, ctx.user_key, ctx.ip, secure=req.scheme == "https")
                 svc.notify_login(login, country=ctx.geo.country, user_agent=req.headers.get("User-Agent", ""))
         return state.set_cookies
+
+    async def forced_reset(self, req: RequestFacts, outcome: str) -> str | None:
+        """The reset URL when this successful login is of an account on the forced-reset list (once)."""
+        url = self.config.forced_reset_url
+        if url is None or outcome != "success":
+            return None
+        state = req.scratch
+        if not isinstance(state, LoginState) or state.ctx is None or state.ctx.user_key is None:
+            return None
+        try:
+            (flag,) = await self.store.execute([Take(f"reset:{state.ctx.user_key}")], self.clock.now())
+        except StoreError:
+            return None
+        return url if flag is not None else None
+
+    async def set_forced_reset(self, logins: list[str], on: bool = True) -> int:
+        """Put accounts on (or take them off) the forced-reset list; returns how many."""
+        from guard.engine.usernames import Normalizer, username_key
+
+        norm = self.rt.normalizer or Normalizer(self.config.usernames, None)
+        ops: list[Op] = []
+        for login in logins:
+            key = f"reset:{username_key(self._secret, norm.normalize(login))}"
+            ops.append(Put(key, b"1", ACCOUNT_TTL) if on else Delete(key))
+        if ops:
+            await self.store.execute(ops, self.clock.now())
+        return len(ops)
 
     async def flag_source(self, ip: str, reason: str, seconds: float = 86400.0) -> None:
         """Flag a client (e.g. it exhausted a challenge's tries): rules with ``flagged: ip`` see it."""

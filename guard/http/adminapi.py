@@ -220,6 +220,25 @@ async def add_ban(request: web.Request) -> web.Response:
     return web.json_response({"ban": _ban_json(ban, st.deps.engine.clock.now())}, status=201)
 
 
+async def resets(request: web.Request) -> web.Response:
+    """Put accounts on the forced-reset list (``on: false`` takes them off); login ids never logged."""
+    st = _state(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "body must be JSON")
+    logins = body.get("logins") if isinstance(body, dict) else None
+    if not isinstance(logins, list) or not all(isinstance(x, str) and 0 < len(x) <= 320 for x in logins):
+        return _error(400, "expected an object with logins: a list of login ids")
+    if len(logins) > 100_000:
+        return _error(400, "at most 100000 logins per call")
+    if st.deps.engine.config.forced_reset_url is None:
+        return _error(409, "forced_reset_url is not configured")
+    n = await st.deps.engine.set_forced_reset(list(logins), on=bool(body.get("on", True)))
+    log.info("forced-reset list changed through the admin API", extra={"accounts": n})
+    return web.json_response({"accounts": n})
+
+
 async def del_ban(request: web.Request) -> web.Response:
     from guard.bancli import subject_of
 
@@ -434,6 +453,7 @@ def install(app: web.Application, deps: AdminDeps) -> None:
     r.add_get("/api/health", health)
     r.add_get("/api/summary", summary)
     r.add_get("/api/exposures", exposures)
+    r.add_post("/api/resets", resets)
     r.add_get("/api/stream", stream)
     r.add_get("/api/openapi.json", openapi)
     r.add_get("/dashboard", dashboard)

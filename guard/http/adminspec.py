@@ -113,6 +113,16 @@ def document(version: str = "0") -> dict[str, Any]:
                                               "503": _ok("Not ready", _obj({"status": _STR}))}}},
             "/metrics": {"get": _op("Prometheus metrics (merged over workers)",
                                     {"200": _ok("Exposition text", _STR, "text/plain")})},
+            "/api/resets": {
+                "post": _op("Put accounts on (or off) the forced-reset list", {
+                    "200": _ok("Done", _obj({"accounts": {"type": "integer"}}, ("accounts",))),
+                    "400": _ok("Bad request", _ref("Error")),
+                    "409": _ok("forced_reset_url is not configured", _ref("Error")),
+                }, requestBody={"required": True, "content": {JSON: {"schema": _obj(
+                    {"logins": {"type": "array", "items": {"type": "string"}}, "on": {"type": "boolean"}},
+                    ("logins",),
+                )}}}),
+            },
             "/api/bans": {
                 "get": _op("List active bans", {"200": bans_list}),
                 "post": _op("Ban a subject", {
