@@ -57,8 +57,8 @@ async def _direct(config: Config, logins: list[str], on: bool) -> int:
     engine = Engine(config, store, secret=stored_secret(config))
     await store.start()
     try:
-        if not engine._secret:  # noqa: SLF001
-            engine._secret = await engine._shared_secret()  # noqa: SLF001
+        if not engine._secret:
+            engine._secret = await engine._shared_secret()
         return await engine.set_forced_reset(logins, on)
     finally:
         await store.close()
@@ -93,5 +93,6 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"guard reset: {exc}", file=sys.stderr)
         return 2
-    print(f"{'added' if args.action == 'add' else 'removed'} {n} account(s) {'to' if on else 'from'} the forced-reset list")
+    verb, prep = ("added", "to") if on else ("removed", "from")
+    print(f"{verb} {n} account(s) {prep} the forced-reset list")
     return 0

@@ -41,7 +41,7 @@ async def test_browser_passes_the_interstitial(tmp_path: Path, legacy: int, mail
                 code_input = page.locator("input[name=code]")
                 await code_input.wait_for(timeout=10_000)
                 assert await code_input.get_attribute("autocomplete") == "one-time-code"
-                await server._challenges.drain()  # noqa: SLF001
+                await server._challenges.drain()
                 await code_input.fill(code_in(box))
                 await page.locator("form button[type=submit]").first.click()
                 await page.get_by_text("Contact form").wait_for(timeout=10_000)

@@ -78,7 +78,8 @@ async def _login(request: web.Request) -> web.Response:
     body = await request.read()
     fields = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     acct = request.app[ACCOUNTS].get(fields.get("username", "").strip().lower())
-    if acct is None or not secrets.compare_digest(acct.password.encode(), fields.get("password", "").encode()):
+    given = fields.get("password", "").encode()
+    if acct is None or not secrets.compare_digest(acct.password.encode(), given):
         page = LOGIN_PAGE.format(message='<p class="error">Invalid ID or password.</p>')
         return web.Response(text=page, content_type="text/html")
     sid = secrets.token_urlsafe(16)
@@ -115,7 +116,8 @@ async def _contact(request: web.Request) -> web.Response:
 
 
 async def _home(request: web.Request) -> web.Response:
-    return web.Response(text="<!doctype html><title>Support</title><a href=/login>Sign in</a>", content_type="text/html")
+    page = "<!doctype html><title>Support</title><a href=/login>Sign in</a>"
+    return web.Response(text=page, content_type="text/html")
 
 
 def make_app(accounts: dict[str, Account]) -> web.Application:

@@ -67,7 +67,9 @@ class Outbox:
         return web.Response(text=body, content_type="text/html")
 
 
-def demo_config(app: HostPort, listen: HostPort, admin: HostPort, phone: str, token: str, state: Path) -> Config:
+def demo_config(
+    app: HostPort, listen: HostPort, admin: HostPort, phone: str, token: str, state: Path
+) -> Config:
     """The shipped rules and PII defaults, the demo's ports, a webhook 'phone' as the code channel."""
     geo = ROOT / "geoip"
     return load_config_text(
@@ -101,7 +103,7 @@ challenge:
 
 async def _attack(base: str, accounts: dict[str, Account], say: Callable[[str], None], rounds: int) -> None:
     """A short credential-stuffing run: a botnet over many /24s, a fast attacker, some real users."""
-    rnd = random.Random(2021)
+    rnd = random.Random(2021)  # noqa: S311 (a reproducible demo, not a secret)
     logins = sorted(accounts)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
 

@@ -23,7 +23,6 @@ reached them), and how legitimate logins fared: succeeded, challenged, blocked.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import random
@@ -42,7 +41,10 @@ from guard.engine import VirtualClock
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DAY = 86400.0
-BROWSER_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36"
+BROWSER_UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/130.0 Safari/537.36"
+)
 START = 1_767_225_600.0  # 2026-01-01T00:00Z
 
 
@@ -101,7 +103,7 @@ def _travel_ip(rnd: random.Random) -> str:
 
 
 def events(sc: Scenario, accounts: dict[str, Account]) -> list[Event]:
-    rnd = random.Random(sc.seed)
+    rnd = random.Random(sc.seed)  # noqa: S311 (a reproducible simulation, not a secret)
     logins = sorted(accounts)
     out: list[Event] = []
     session = 0
@@ -128,7 +130,8 @@ def events(sc: Scenario, accounts: dict[str, Account]) -> list[Event]:
         if rnd.random() < 0.5:
             combo.append((rnd.choice(logins), f"leaked-{rnd.randrange(10**9)}", False))
         else:
-            combo.append((f"nobody{rnd.randrange(10**7)}@example.jp", f"leaked-{rnd.randrange(10**9)}", False))
+            nobody = f"nobody{rnd.randrange(10**7)}@example.jp"
+            combo.append((nobody, f"leaked-{rnd.randrange(10**9)}", False))
     rnd.shuffle(combo)
     # the botnet: mostly Japanese /24s (residential proxies and a hosting range), a few abroad
     subnets = []
@@ -163,7 +166,8 @@ class Tally:
     valid_tried: dict[str, int] = field(default_factory=lambda: {"botnet": 0, "fast": 0})
     valid_seen: dict[str, int] = field(default_factory=lambda: {"botnet": 0, "fast": 0})
     attempts: dict[str, int] = field(default_factory=lambda: {"botnet": 0, "fast": 0})
-    sessions: dict[int, set[str]] = field(default_factory=dict)   # session -> {"success", "challenge", "block"}
+    # session -> what happened to it: {"success", "challenge", "block"}
+    sessions: dict[int, set[str]] = field(default_factory=dict)
     actions: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
