@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from guard.challenge.settings import ChallengeSettings, keys_from_env
 from guard.observe.settings import ObserveConfig
@@ -49,7 +57,9 @@ class UpstreamTLS(_Model):
 
 
 class AdminConfig(_Model):
-    listen: ListenAddress = Field("127.0.0.1:9090", validate_default=True, description="admin listener (health, metrics, API)")
+    listen: ListenAddress = Field(
+        "127.0.0.1:9090", validate_default=True, description="admin listener (health, metrics, API)"
+    )
     token: str | None = Field(
         None, description="bearer token for the admin API; or GUARD_ADMIN_TOKEN in the environment"
     )
@@ -224,7 +234,7 @@ class UsernameConfig(_Model):
 
     case: Literal["lower", "preserve"] = "lower"
     strip: bool = Field(True, description="remove surrounding white space (and fold inner runs)")
-    nfkc: bool = Field(True, description="Unicode NFKC: full-width Ｕｓｅｒ and User count as one")
+    nfkc: bool = Field(True, description="Unicode NFKC: full-width and half-width forms count as one")
     strip_domains: tuple[str, ...] = Field(
         (), description="e-mail domains that map to the bare id: alice@corp.example -> alice"
     )

@@ -127,7 +127,7 @@ async def test_right_password_code_releases_the_upstream_login(
         status, headers, page, _ = await browser.post("/login", {"username": ALICE.login, "password": ALICE.password})
         assert status == 200 and "one-time-code" in page
         assert "SID" not in str(headers.get("Set-Cookie", ""))  # the upstream's session is held back
-        await server._challenges.drain()  # noqa: SLF001 (delivery is a background task)
+        await server._challenges.drain()
         assert len(box.messages) == 1 and box.messages[0][0].rcpt_tos == [ALICE.login]
         fields = form_fields(page)
         status, headers, _, cookies = await browser.post(
@@ -163,7 +163,7 @@ async def test_no_validity_oracle(tmp_path: Path, legacy: int, mailbox: tuple[Ma
             answers.append((status, sorted(k for k in headers if k not in ("Date",)), scrub(page),
                             [scrub(c) for c in cookies]))
         assert answers[0] == answers[1]
-        await server._challenges.drain()  # noqa: SLF001
+        await server._challenges.drain()
         assert len(box.messages) == 1  # only the right password sent a code
         # a wrong password's hold fails any code like a wrong code
         b = Browser(base)
@@ -197,7 +197,7 @@ async def test_brute_force_destroys_the_hold_and_flags_the_source(
             )
             statuses.append(status)
         assert 302 not in statuses
-        status, _, answer, _ = await b.post("/.loginguard/challenge", {**fields, "code": "000000", "op": "verify"})
+        status, _, _answer, _ = await b.post("/.loginguard/challenge", {**fields, "code": "000000", "op": "verify"})
         assert status != 302
         flagged = await server.engine.store.execute(
             [__import__("guard.store.base", fromlist=["Get"]).Get("flag:ip:127.0.0.1")], server.engine.clock.now()
@@ -215,7 +215,7 @@ async def test_csrf_mismatch_is_refused(tmp_path: Path, legacy: int, mailbox: tu
     victim, attacker = Browser(base), Browser(base)
     try:
         _, _, page, _ = await victim.post("/login", {"username": ALICE.login, "password": ALICE.password})
-        await server._challenges.drain()  # noqa: SLF001
+        await server._challenges.drain()
         # another browser (no binding cookie) posting the victim's form and code gets nothing
         status, _, _, _ = await attacker.post(
             "/.loginguard/challenge", {**form_fields(page), "code": code_in(box), "op": "verify"}
@@ -238,7 +238,7 @@ async def test_expired_hold(tmp_path: Path, legacy: int, mailbox: tuple[Mailbox,
     b = Browser(f"http://127.0.0.1:{server.public_port}")
     try:
         _, _, page, _ = await b.post("/login", {"username": ALICE.login, "password": ALICE.password})
-        await server._challenges.drain()  # noqa: SLF001
+        await server._challenges.drain()
         clock.advance(3600)
         status, _, answer, _ = await b.post(
             "/.loginguard/challenge", {**form_fields(page), "code": code_in(box), "op": "verify"}
@@ -259,7 +259,7 @@ async def test_issued_by_one_instance_answered_by_another_and_after_restart(
     try:
         browser_a = Browser(f"http://127.0.0.1:{a.public_port}")
         _, _, page, _ = await browser_a.post("/login", {"username": ALICE.login, "password": ALICE.password})
-        await a._challenges.drain()  # noqa: SLF001
+        await a._challenges.drain()
         code = code_in(box)
         cookies = browser_a.session.cookie_jar.filter_cookies(aiohttp.client.URL(browser_a.base))
         await browser_a.close()
@@ -285,7 +285,7 @@ async def test_a_trusted_device_skips_the_next_challenge(
     b = Browser(f"http://127.0.0.1:{server.public_port}")
     try:
         _, _, page, _ = await b.post("/login", {"username": ALICE.login, "password": ALICE.password})
-        await server._challenges.drain()  # noqa: SLF001
+        await server._challenges.drain()
         status, _, _, _ = await b.post("/.loginguard/challenge", {**form_fields(page), "code": code_in(box), "op": "verify"})
         assert status == 302
         status, headers, _, _ = await b.post("/login", {"username": ALICE.login, "password": ALICE.password})

@@ -13,6 +13,7 @@ from guard.store.base import Ban, Hit
 from guard.store.memory import MemoryStore
 from guard.store.redis import RedisStore
 
+
 def free_port() -> int:
     import socket
 
@@ -305,10 +306,10 @@ async def test_memory_store_secret_survives_a_restart(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, f"state_dir: {tmp_path / 'state'}\n")
     first = Engine(cfg, MemoryStore("t:", 10_000, 1000), VirtualClock())
     await first.start()
-    key = first._secret  # noqa: SLF001
+    key = first._secret
     await first.close()
     second = Engine(cfg, MemoryStore("t:", 10_000, 1000), VirtualClock())
     await second.start()
-    assert second._secret == key and len(key) >= 32  # noqa: SLF001
+    assert second._secret == key and len(key) >= 32
     assert (tmp_path / "state" / "secret.key").stat().st_mode & 0o777 == 0o600
     await second.close()

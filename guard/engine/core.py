@@ -38,7 +38,20 @@ from guard.rules.context import NO_GEO, AccountHistory, Context, CounterSpec, Ge
 from guard.rules.evaluate import Verdict, allow_verdict, decide, first_allow, match
 from guard.rules.model import Rule
 from guard.store.base import (
-    AddDistinct, Ban, Count, CountDistinct, Delete, Get, GetBans, Hit, Incr, Op, Put, PutNew, Store, StoreError,
+    AddDistinct,
+    Ban,
+    Count,
+    CountDistinct,
+    Delete,
+    Get,
+    GetBans,
+    Hit,
+    Incr,
+    Op,
+    Put,
+    PutNew,
+    Store,
+    StoreError,
     Take,
 )
 
@@ -48,7 +61,7 @@ STORE_DOWN_OPEN = Reason("store-unavailable", "state store unreachable; fail_ope
 KNOWN_DEVICE = Reason("known-device", "challenge skipped: this browser passed one for this account lately")
 STORE_DOWN_CLOSED = Reason("store-unavailable", "state store unreachable; fail_open is false")
 ACCOUNT_TTL = 400 * 86400.0
-SECRET_KEY = "secret:hmac"
+SECRET_KEY = "secret:hmac"  # noqa: S105 (a store key's name, not a secret)
 
 _METRIC_CODE = {
     "attempts": "a", "failures": "f", "successes": "s", "distinct_usernames": "du", "distinct_ips": "di",

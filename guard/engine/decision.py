@@ -8,7 +8,7 @@ from enum import StrEnum
 
 
 class Action(StrEnum):
-    PASS = "pass"          # nothing matched: forward
+    PASS = "pass"  # noqa: S105 (nothing matched: forward)
     ALLOW = "allow"        # an allow rule matched: forward, stop evaluating
     LOG = "log"            # forward, but the decision log records why
     BLOCK = "block"        # 403 page

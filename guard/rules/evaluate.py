@@ -32,7 +32,8 @@ class Scoring:
     block: float | None = None
 
     def action_for(self, total: float) -> Action | None:
-        for threshold, action in ((self.block, Action.BLOCK), (self.challenge, Action.CHALLENGE), (self.log, Action.LOG)):
+        levels = ((self.block, Action.BLOCK), (self.challenge, Action.CHALLENGE), (self.log, Action.LOG))
+        for threshold, action in levels:
             if threshold is not None and total >= threshold:
                 return action
         return None

@@ -238,7 +238,8 @@ def rule_paths(entries: Iterable[Path]) -> list[Path]:
             out.extend(
                 sorted(
                     p for p in entry.iterdir()
-                    if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.endswith((".test.yaml", ".test.yml"))
+                    if p.suffix in (".yaml", ".yml") and p.is_file()
+                    and not p.name.endswith((".test.yaml", ".test.yml"))
                 )
             )
         else:
