@@ -85,7 +85,7 @@ def _api(config: Config, method: str, path: str, body: dict[str, Any] | None = N
         host = "127.0.0.1"
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (admin URL from config)
+    req = urllib.request.Request(url, data=data, method=method)
     req.add_header("Authorization", f"Bearer {token}")
     req.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310

@@ -12,9 +12,9 @@ completed with the side that started it.
 from __future__ import annotations
 
 import asyncio
-import time
 import contextlib
 import logging
+import time
 from typing import Any, Protocol
 
 from aiohttp import ClientError, ClientWSTimeout, WSMsgType, WSServerHandshakeError, web
