@@ -62,7 +62,7 @@ async def test_readyz_follows_the_store(
     upstream: Upstream, make_guard: GuardFactory, client: ClientSession
 ) -> None:
     store = PingStore()
-    g = await make_guard(upstream.url, use_store=store)
+    g = await make_guard(upstream.url, use_store=store, store={"fail_open": False})
     async with client.get(g.admin("/readyz")) as resp:
         assert resp.status == 200
         assert await resp.json() == {"status": "ok", "store": "up"}
@@ -74,11 +74,23 @@ async def test_readyz_follows_the_store(
         assert resp.status == 200  # alive, just not ready
 
 
+async def test_readyz_with_fail_open_stays_ready_when_the_store_is_down(
+    upstream: Upstream, make_guard: GuardFactory, client: ClientSession
+) -> None:
+    """Every instance shares the store: pulling them all out of the balancer would fail closed."""
+    store = PingStore()
+    g = await make_guard(upstream.url, use_store=store, store={"fail_open": True})
+    store.up = False
+    async with client.get(g.admin("/readyz")) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"status": "degraded", "store": "down", "policy": "fail_open"}
+
+
 async def test_readyz_with_a_hanging_store_answers_in_time(
     upstream: Upstream, make_guard: GuardFactory, client: ClientSession
 ) -> None:
     store = PingStore()
-    g = await make_guard(upstream.url, use_store=store)
+    g = await make_guard(upstream.url, use_store=store, store={"fail_open": False})
     store.hang = True
     async with client.get(g.admin("/readyz")) as resp:
         assert resp.status == 503

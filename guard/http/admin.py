@@ -29,6 +29,7 @@ class Health:
 
     store: Store
     draining: bool = False
+    fail_open: bool = False  # store down + fail_open: still ready (logins pass, logged), say so
 
     async def store_ok(self) -> bool:
         try:
@@ -51,6 +52,10 @@ async def readyz(request: web.Request) -> web.Response:
     if health.draining:
         return web.json_response({"status": "draining"}, status=503)
     if not await health.store_ok():
+        if health.fail_open:
+            # Every instance shares one store: taking them all out of the balancer when it
+            # fails would turn fail_open into fail-closed for the whole site.
+            return web.json_response({"status": "degraded", "store": "down", "policy": "fail_open"})
         return web.json_response({"status": "unavailable", "store": "down"}, status=503)
     return web.json_response({"status": "ok", "store": "up"})
 
