@@ -1,13 +1,14 @@
 """One contract, every backend: the engine must not be able to tell memory from Redis.
 
-Each test runs against ``MemoryStore`` and against ``RedisStore`` on a real
-redis-server.  Time is the ``now`` argument, so windows slide and values
-expire without a single sleep.
+Each test runs against ``MemoryStore``, against ``RedisStore`` on a real
+redis-server and against ``RedisClusterStore`` on a real three-master Redis
+Cluster (batches split by slot).  Time is the ``now`` argument, so windows
+slide and values expire without a single sleep.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -28,12 +29,14 @@ from guard.store import (
     Op,
     Put,
     PutNew,
+    RedisClusterStore,
     RedisStore,
     Store,
     Take,
     slice_index,
 )
 from guard.store import make_store as make_store_from
+from tests.redisserver import LocalCluster, shared_cluster
 
 W = 60.0                 # the window most tests use
 WIDTH = W / SLICES       # 6 s slices
@@ -48,10 +51,20 @@ def at(slices: float) -> float:
     return T0 + slices * WIDTH
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    with shared_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 def make_store(request: pytest.FixtureRequest) -> MakeStore:
     if request.param == "memory":
         return lambda prefix: MemoryStore(prefix, max_keys=10_000, max_members=5_000)
+    if request.param == "redis-cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        cluster.reset()
+        return lambda prefix: RedisClusterStore(cluster.url, prefix, timeout=2.0, retry_after=0.5, pool_size=4)
     url: str = request.getfixturevalue("redis_url")
     return lambda prefix: RedisStore(url, prefix, timeout=2.0, retry_after=0.5, pool_size=4)
 

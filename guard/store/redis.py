@@ -1,5 +1,10 @@
 """State in Redis, so every guard instance in front of a service counts the same attempts.
 
+This module serves one Redis: a standalone server, or the master that Redis
+Sentinel names (``redis+sentinel://`` URLs, see ``redisurl``).  Redis Cluster
+is ``cluster.RedisClusterStore``, which reuses everything here but the
+connection and the splitting of batches by slot.
+
 A batch is one EVALSHA of ``lua/batch.lua``: one round trip per request
 whatever the number of operations, and atomic, so two instances racing on the
 same username never both read "4 failures" and both let a fifth through.
@@ -12,9 +17,17 @@ a single call probes and, if Redis is back, the store is in use again with no
 restart.  Waiting for a pooled connection is bounded by ``timeout`` too, and
 such overload does not open the breaker: Redis is answering, only slowly.
 
+Sentinel: a new connection asks the sentinels where the master is, so when
+the master dies and a replica is promoted, the breaker's next probe reaches
+the new one.  Pooled connections do not ask; a master demoted while alive (a
+planned switchover) would take their writes, to lose them when it rejoins as
+a replica, until Sentinel reconfigures it some ten seconds later.  So while
+the store runs, it asks the sentinels every ``SENTINEL_CHECK_INTERVAL``
+seconds and drops its connections when the master has moved.
+
 Key layout (every key of one logical key shares the hash tag ``{key}``, so a
 Redis Cluster keeps them in one slot; the script derives slice keys from the
-declared ones and relies on that):
+declared ones and relies on that; ``cluster`` changes only the global keys):
 
 - ``<prefix>c:{key}``          counter hash, one field per slice index
 - ``<prefix>d:{key}``          index hash of the distinct set's live slices
@@ -26,6 +39,7 @@ declared ones and relies on that):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,7 +51,10 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from guard.store.base import (
     SLICES,
@@ -57,11 +74,18 @@ from guard.store.base import (
     Take,
     slice_width,
 )
+from guard.store.redisurl import RedisTarget, parse_redis_url
 
 log = logging.getLogger("guard.store.redis")
 
+Send = Callable[..., Awaitable[Any]]
+Close = Callable[[], Awaitable[None]]
+
 SCRIPT = resources.files("guard.store").joinpath("lua/batch.lua").read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+# How often a store behind Sentinel checks that its connections go to the master.
+SENTINEL_CHECK_INTERVAL = 1.0
 
 # Counter and distinct keys outlive their window by one slice; never by less
 # than a second, so a clock a little ahead of Redis's cannot lose a live slice.
@@ -93,8 +117,7 @@ def _ban_from(subject: str, raw: bytes | None) -> Ban | None:
 
 
 class RedisStore:
-    """The ``Store`` contract on Redis (standalone; keys are Cluster-ready, batches are not:
-    a batch spans several keys' slots, plus the ban keys)."""
+    """The ``Store`` contract on one Redis: standalone, or the master that Sentinel names."""
 
     name = "redis"
 
@@ -111,18 +134,9 @@ class RedisStore:
         self.prefix = prefix
         self.timeout = timeout
         self.retry_after = retry_after
-        # No retries inside redis-py: a retry doubles the time a request waits on
-        # a dead Redis; the breaker decides when to try again.  No CLIENT SETINFO
-        # on connect: one less round trip when reconnecting after an outage.
-        self._pool = ConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            driver_info=None,
-        )
-        self._redis = Redis(connection_pool=self._pool)
-        self._send: Callable[..., Awaitable[Any]] = self._redis.execute_command
+        self._master_pool: SentinelConnectionPool | None = None     # set when behind Sentinel
+        self._watcher: asyncio.Task[None] | None = None
+        self._send, self._close = self._connect(parse_redis_url(url), pool_size)
         # Admission to the pool: redis-py raises at once when it is exhausted;
         # waiting a bounded time is kinder to a burst.
         self._slots = asyncio.Semaphore(pool_size)
@@ -132,16 +146,76 @@ class RedisStore:
         p = prefix
         self._ban_keys = (f"{p}bans", f"{p}bans:exp", f"{p}bans:ver")
 
+    def _connect(self, target: RedisTarget, pool_size: int) -> tuple[Send, Close]:
+        """The client for ``target``: how to send one command, and how to close it all."""
+        if target.mode == "cluster":
+            raise ValueError("a redis+cluster:// URL needs RedisClusterStore (make_store picks it)")
+        # No retries inside redis-py: a retry doubles the time a request waits on
+        # a dead Redis; the breaker decides when to try again.  No CLIENT SETINFO
+        # on connect: one less round trip when reconnecting after an outage.
+        if target.mode == "sentinel":
+            # The sentinels' own clients default to three retries with backoff:
+            # asking where the master is must cost one timeout at most, too.
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                list(target.nodes),
+                sentinel_kwargs={
+                    "socket_timeout": self.timeout,
+                    "socket_connect_timeout": self.timeout,
+                    "retry": Retry(NoBackoff(), 0),
+                    "driver_info": None,
+                },
+            )
+            master: Redis = sentinel.master_for(
+                target.service,
+                db=target.db,
+                username=target.username,
+                password=target.password,
+                max_connections=pool_size,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                driver_info=None,
+            )
+            if isinstance(master.connection_pool, SentinelConnectionPool):
+                self._master_pool = master.connection_pool
+
+            async def close() -> None:
+                try:
+                    await master.aclose()
+                finally:
+                    await sentinel.aclose()
+
+            return master.execute_command, close
+        pool = ConnectionPool.from_url(
+            target.url,
+            max_connections=pool_size,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            driver_info=None,
+        )
+        redis = Redis(connection_pool=pool)
+
+        async def close_standalone() -> None:
+            await redis.aclose(close_connection_pool=True)
+
+        return redis.execute_command, close_standalone
+
     # ---- Store -----------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._master_pool is not None and self._watcher is None:
+            self._watcher = asyncio.create_task(self._follow_master(self._master_pool), name="sentinel-watch")
         try:
             await self._load_script()
         except StoreError as exc:
             log.warning("redis unreachable at start (%s); will retry on use", exc)
 
     async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        await self._close()
 
     async def ping(self) -> bool:
         try:
@@ -153,7 +227,10 @@ class RedisStore:
         if not ops:
             return []
         keys, argv = self._encode(ops, now)
-        raw = await self._script(keys, argv)
+        return self._decode(ops, await self._script(keys, argv), now)
+
+    def _decode(self, ops: Sequence[Op], raw: list[Any], now: float) -> list[Any]:
+        """The contract's result types from the script's replies to ``ops``."""
         out: list[Any] = []
         append = out.append
         for op, r in zip(ops, raw, strict=True):
@@ -193,20 +270,25 @@ class RedisStore:
 
     # ---- encoding --------------------------------------------------------------------------------
 
+    def _tag(self, key: str) -> str:
+        """The hash-tagged part of every Redis key of logical ``key``: one slot per logical key."""
+        return f"{{{key}}}"
+
     def _encode(self, ops: Sequence[Op], now: float) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV for ``batch.lua`` (its header documents the layout)."""
         p = self.prefix
+        tag = self._tag
         keys: list[str] = []
         argv: list[Any] = [now, SLICES]
         for op in ops:
             if type(op) is Hit:
                 width = slice_width(op.window)
-                keys.append(f"{p}c:{{{op.key}}}")
+                keys.append(f"{p}c:{tag(op.key)}")
                 argv += ("h", math.floor(now / width), op.amount, _window_pexpire(op.window, width))
             elif type(op) is AddDistinct:
                 width = slice_width(op.window)
                 cur = math.floor(now / width)
-                base = f"{p}d:{{{op.key}}}"
+                base = f"{p}d:{tag(op.key)}"
                 keys.append(base)
                 keys += [f"{base}:{cur - i}" for i in range(SLICES)]
                 argv += ("a", cur, op.member, _window_pexpire(op.window, width))
@@ -214,27 +296,28 @@ class RedisStore:
                 keys.append(self._ban_keys[0])
                 argv += ("b", len(op.subjects), *op.subjects)
             elif type(op) is Get:
-                keys.append(f"{p}k:{{{op.key}}}")
+                keys.append(f"{p}k:{tag(op.key)}")
                 argv.append("g")
             elif type(op) is Count:
-                keys.append(f"{p}c:{{{op.key}}}")
+                keys.append(f"{p}c:{tag(op.key)}")
                 argv += ("c", math.floor(now / slice_width(op.window)))
             elif type(op) is CountDistinct:
                 cur = math.floor(now / slice_width(op.window))
-                base = f"{p}d:{{{op.key}}}"
+                base = f"{p}d:{tag(op.key)}"
                 keys += [f"{base}:{cur - i}" for i in range(SLICES)]
                 argv.append("d")
             elif type(op) is Incr:
-                keys.append(f"{p}k:{{{op.key}}}")
+                keys.append(f"{p}k:{tag(op.key)}")
                 argv += ("i", op.amount, now + op.ttl, _ttl_pexpire(op.ttl))
             elif type(op) is PutNew or type(op) is Put:
-                keys.append(f"{p}k:{{{op.key}}}")
+                keys.append(f"{p}k:{tag(op.key)}")
                 argv += ("n" if type(op) is PutNew else "p", op.value, now + op.ttl, _ttl_pexpire(op.ttl))
             elif type(op) is Take:
-                keys.append(f"{p}k:{{{op.key}}}")
+                keys.append(f"{p}k:{tag(op.key)}")
                 argv.append("t")
             elif type(op) is Delete:
-                keys += (f"{p}k:{{{op.key}}}", f"{p}c:{{{op.key}}}", f"{p}d:{{{op.key}}}")
+                t = tag(op.key)
+                keys += (f"{p}k:{t}", f"{p}c:{t}", f"{p}d:{t}")
                 argv.append("x")
             else:
                 raise TypeError(f"not a store operation: {op!r}")
@@ -258,13 +341,16 @@ class RedisStore:
         return result
 
     async def _load_script(self) -> None:
-        sha = await self._command("SCRIPT", "LOAD", SCRIPT)
+        # One word, so a cluster client knows the command (it sends it to every
+        # master); redis-py splits it on the wire, so a single server sees the same.
+        sha = await self._command("SCRIPT LOAD", SCRIPT)
         self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
 
-    async def _command(self, *args: Any) -> Any:
-        """One command through the breaker; every failure becomes ``StoreError``.
+    async def _command(self, *args: Any, via: Send | None = None) -> Any:
+        """One command (or, ``via`` another sender, one pipeline) through the breaker.
 
-        ``NoScriptError`` is let through: Redis answered, the caller reloads.
+        Every failure becomes ``StoreError``.  ``NoScriptError`` is let through:
+        Redis answered, the caller reloads.
         """
         probe = False
         if self._down_until:
@@ -282,13 +368,13 @@ class RedisStore:
             else:
                 await slots.acquire()   # free: returns without suspending
             try:
-                result = await self._send(*args)
+                result = await (via or self._send)(*args)
             finally:
                 slots.release()
         except NoScriptError:
             self._recovered()
             raise
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             self._trip(exc)
             raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
         finally:
@@ -296,6 +382,26 @@ class RedisStore:
                 self._probing = False
         self._recovered()
         return result
+
+    async def _follow_master(self, pool: SentinelConnectionPool) -> None:
+        """Drop every pooled connection once the sentinels name another master (see the module doc).
+
+        A change is noticed whoever saw it first: this loop (``known``) or a new
+        connection, which also asks and records the answer (``seen``); either
+        way connections made before it, in use or idle, are dropped.
+        """
+        known = None
+        while True:
+            await asyncio.sleep(SENTINEL_CHECK_INTERVAL)
+            seen = pool.master_address
+            try:
+                now = await pool.get_master_address()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            except (RedisError, OSError):
+                continue        # requests meet the outage through the breaker
+            if now != (known or now) or now != (seen or now):
+                log.warning("sentinel: the master is now %s:%s; dropping connections to the old one", *now)
+                await pool.disconnect()
+            known = now
 
     def _trip(self, exc: BaseException) -> None:
         if not self._down_until:
