@@ -27,6 +27,7 @@ from pydantic import (
 from guard.challenge.settings import ChallengeSettings, keys_from_env
 from guard.observe.settings import ObserveConfig
 from guard.pii.settings import PIIConfig
+from guard.store.redisurl import parse_redis_url
 from guard.units import ByteSize, Duration, ListenAddress
 from guard.yamlsource import Located, Problem, SourceError, load_file, load_text, problems_from_validation
 
@@ -67,7 +68,13 @@ class AdminConfig(_Model):
 
 class StoreConfig(_Model):
     backend: Literal["memory", "redis"] = "memory"
-    url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// URL; or GUARD_REDIS_URL")
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="one server: redis://, rediss:// or unix:// URL; Sentinel: "
+        "redis+sentinel://[user:password@]host:port[,host:port...]/<master>[/<db>] (the credentials are the "
+        "master's); Cluster: redis+cluster://[user:password@]host:port[,host:port...] (a batch is atomic per "
+        "slot, see guard/store/cluster.py); or GUARD_REDIS_URL",
+    )
     fail_open: bool = Field(
         True,
         description="when the store is unreachable: true lets logins through (logged), "
@@ -89,8 +96,12 @@ class StoreConfig(_Model):
     @field_validator("url")
     @classmethod
     def _url_scheme(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://")):
+        if not v.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")):
             raise ValueError(f'expected a redis://, rediss:// or unix:// URL (got "{_redact(v)}")')
+        try:
+            parse_redis_url(v)
+        except ValueError as exc:
+            raise ValueError(f'{exc} (got "{_redact(v)}")') from None
         return v
 
 

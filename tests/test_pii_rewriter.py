@@ -237,6 +237,16 @@ def test_svg_style_is_not_raw_text() -> None:
     assert PHONE.encode() not in rewrite(default_policy(), page)[0]
 
 
+@pytest.mark.parametrize("breakout", ["</p>", "</br>", "</P >"])
+def test_end_p_and_br_leave_foreign_content_in_every_chunking(breakout: str) -> None:
+    # 13.2.6.5: </p> and </br> in <svg> return to HTML, so the <textarea> after them holds text,
+    # and the "input" in it is not a field (a fuzz case once found the unsplit page treated differently).
+    page = f'<svg>{breakout}<textarea><input type="hidden" value="{PHONE}">'.encode()
+    whole, _ = rewrite(default_policy(), page)
+    assert whole == page
+    assert all(rewrite(default_policy(), page, chunk=n)[0] == page for n in (1, 3, 8))
+
+
 # -- byte identity, limits, failures --------------------------------------------------------
 
 def test_untouched_bytes_are_identical() -> None:

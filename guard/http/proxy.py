@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import cast
 
 from aiohttp import ClientError, ClientOSError, ClientResponse, ServerDisconnectedError, web
@@ -40,6 +41,7 @@ from guard.http.headers import (
     request_headers,
     strip_hop_by_hop,
 )
+from guard.http.piiflow import with_length
 from guard.http.protocol import GuardProtocol
 from guard.http.settings import MAX_TARPIT, Settings
 from guard.http.target import Target, match_path, parse_target
@@ -82,7 +84,8 @@ class ProxyHandler:
         self.upstream = upstream
         self.log = request_log
         self._in_flight = 0
-        self._time = asyncio.get_running_loop().time
+        # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds
+        self._time = time.perf_counter
         self._quiet_until = 0.0
         self._suppressed = 0
         self.websockets = websocket.WebSocketRelay(upstream, request_log)
@@ -144,6 +147,14 @@ class ProxyHandler:
             fwd = Forwarding(peer, trusted, rt.scheme, host)
             if "Upgrade" in headers and is_websocket(headers):
                 return await self.websockets.relay(request, rt, facts, fwd, target, decision, t0)
+            pii = rt.pii
+            if pii is not None and login is None and pii.submits(request, target):
+                # a form of ours coming back: PII tokens become the original values again
+                swap = await pii.request_swap(request, facts, target, rt.max_body_size, rt.client_body)
+                if isinstance(swap, int):
+                    return self._page(request, rt, facts, decision, swap, t0, close=swap != 503)
+                if swap is not None:
+                    facts.body, target = swap
             return await self._forward(request, rt, facts, target, fwd, decision, t0)
         except Exception:
             # Only code before a response starts gets here (after that, _forward and the
@@ -199,6 +210,9 @@ class ProxyHandler:
             if peek:
                 out_headers = readable_encodings(out_headers)  # so the outcome classifier can read it
             data = facts.body or None
+        elif facts.body is not None:  # buffered by the PII swap-back: sent with its new length
+            data, facts.body = facts.body, None  # the PII it carries now must not reach any observer
+            out_headers = with_length(out_headers, len(data))
         elif request.body_exists:
             await send_continue(request)
             data = request.content  # streamed: aiohttp keeps Content-Length, or chunks
@@ -231,24 +245,34 @@ class ProxyHandler:
             if facts.login is not None:
                 outcome = await rt.engine.on_response(facts, ResponseFacts(status, up.headers, first))
                 extra_cookies = rt.engine.after_login(facts, outcome)
+                reset = await rt.engine.forced_reset(facts, outcome)
+                if reset is not None:
+                    # an exposed account: send it to the password reset, not into the session
+                    up.close()
+                    self.log.record(facts, decision, 303, upstream_s, self._time() - t0 - upstream_s)
+                    return web.Response(status=303, headers={"Location": reset, "Cache-Control": "no-store"})
 
             # ---- the client's response ----
             resp = ProxyResponse(status, up.reason, up.headers)
             for cookie in extra_cookies:
                 resp.headers.add("Set-Cookie", cookie)
+            pii = rt.pii
+            rewrite = pii.response(request, facts, up, resp) if pii is not None else None
             content = up.content
             overhead = self._time() - t0 - upstream_s
             logged = False
             try:
+                if rewrite is not None:
+                    first = await rewrite.start(first)  # may fix the head: it has not left yet
                 await resp.prepare(request)  # the head is buffered until the first body write
                 if content.at_eof():
                     # the whole body is already here (small pages, redirects): one write in all
                     self.log.record(facts, decision, status, upstream_s, overhead)
                     logged = True
-                    await resp.write_eof(first)
+                    await (resp.write_eof(first) if rewrite is None else rewrite.last(resp, first))
                     return resp
                 if first:
-                    await resp.write(first)
+                    await (resp.write(first) if rewrite is None else rewrite.write(resp, first))
                 else:
                     request.writer.send_headers()  # a body slow to come must not hold back the head
                 conn = up.connection
@@ -266,10 +290,10 @@ class ProxyHandler:
                         return resp
                     if not chunk:
                         break
-                    await resp.write(chunk)
+                    await (resp.write(chunk) if rewrite is None else rewrite.write(resp, chunk))
                 self.log.record(facts, decision, status, upstream_s, overhead)
                 logged = True
-                await resp.write_eof()
+                await (resp.write_eof() if rewrite is None else rewrite.last(resp, b""))
             except ConnectionError:
                 up.close()  # the client left: the rest of the body is not worth reading
             except Exception:

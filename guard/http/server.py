@@ -20,18 +20,18 @@ from typing import IO, Any
 
 from guard import __version__
 from guard.accesslog import RequestLog
-from guard.http.adminapi import AdminDeps, install
-from guard.observe.hub import Observability, decision_log_settings
 from guard.config import Config
 from guard.engine import Clock, Engine
 from guard.engine.runtime import build_runtime
 from guard.http.admin import AdminServer, Health, make_app
+from guard.http.adminapi import AdminDeps, install
 from guard.http.listener import Listener, bind
 from guard.http.protocol import GuardWebServer
 from guard.http.proxy import ProxyHandler
 from guard.http.settings import Settings, build_settings, restart_needed
 from guard.http.tls import server_context
 from guard.http.upstream import Upstream
+from guard.observe.hub import Observability, decision_log_settings
 from guard.pii.vault import Vault
 from guard.store.base import Store
 
@@ -133,7 +133,7 @@ class GuardServer:
         self._listener = Listener(web_server, sock, ssl_context, config.proxy_protocol)
         await self._listener.start()
         self.public_port = self._listener.port
-        self._health = Health(store)
+        self._health = Health(store, fail_open=config.store.fail_open)
         app = make_app(self._health)
         install(app, AdminDeps.from_hub(obs, engine, config.admin.token, self._reload_from_disk, __version__))
         self._admin = AdminServer(app, config.admin.listen, reuse_port=self._reuse_port)

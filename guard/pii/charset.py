@@ -67,7 +67,7 @@ def resolve(label: str | bytes | None) -> str | None:
     key = _ALIASES.get(key, key)
     try:
         name = codecs.lookup(key).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the label (codecs.lookup rejects it)
         return None
     if name in _SAFE_MULTIBYTE or _SAFE_SINGLE_BYTE.match(name):
         return name

@@ -32,6 +32,25 @@ Tokenizer = Callable[[str, str], str]
 """``tokenizer(kind, value) -> token``: the caller's vault."""
 
 
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Where a value being tokenized sits in the page.
+
+    A vault binds a token to the form field it was issued for, so a token moved
+    into another field is refused on submit; an audit reports it per field.
+    """
+
+    tag: str          # the element's name, lower case
+    attr: str         # the attribute holding the value ("value" for an input)
+    field: str        # the input's name (what the browser submits the value as), else the attribute's name
+    scope: str        # "hidden", "inputs", "data", or "css" (selected by a CSS selector)
+    submitted: bool   # the value of an <input>: it comes back in the form as ``field``
+
+
+FieldTokenizer = Callable[[str, str, Where], str]
+"""``tokenizer(kind, value, where) -> token``: a vault that binds tokens to their field."""
+
+
 @dataclass(slots=True)
 class _Attr:
     name: str                 # lower-case, as HTML compares names
@@ -53,11 +72,17 @@ class _Target:
 class TagPolicy:
     """Applies a ``Policy`` to start tags of one document (one charset, one report)."""
 
-    __slots__ = ("_css", "_data", "_inputs", "_scopes", "codec", "policy", "report", "tokenizer")
+    __slots__ = (
+        "_css", "_data", "_inputs", "_scopes", "codec", "field_tokenizer", "policy", "report", "tokenizer",
+    )
 
-    def __init__(self, policy: Policy, tokenizer: Tokenizer | None, report: Report) -> None:
+    def __init__(
+        self, policy: Policy, tokenizer: Tokenizer | None, report: Report,
+        field_tokenizer: FieldTokenizer | None = None,
+    ) -> None:
         self.policy = policy
         self.tokenizer = tokenizer
+        self.field_tokenizer = field_tokenizer
         self.report = report
         self.codec: str | None = None   # None: UTF-8 when valid, else the policy's fallback
         self._inputs = b"input" in policy.interest.elements
@@ -171,11 +196,11 @@ class TagPolicy:
                     continue
             if found is None:
                 found = _kinds(texts, self.policy.detectors)
-            return self._apply(sel, t, copies, texts[0], found)
+            return self._apply(sel, t, copies, texts[0], found, tag_name)
         return None
 
     def _apply(
-        self, sel: Selector, t: _Target, copies: list[_Attr], value: str, found: list[str]
+        self, sel: Selector, t: _Target, copies: list[_Attr], value: str, found: list[str], tag_name: str
     ) -> list[tuple[int, int, bytes]] | _Remove | None:
         relevant = [k for k in found if sel.kinds is None or k in sel.kinds]
         kind = relevant[0] if relevant else sel.kind
@@ -193,12 +218,21 @@ class TagPolicy:
         elif sel.mode is Mode.MASK:
             edits.append((first.name_start, first.end, self._assign(first, sel.mask.apply(value))))
         elif value and TOKEN_RE.fullmatch(value) is None:
-            token = tokenize(self.tokenizer, kind, value, self.report)
+            token = tokenize(self._tokenizer_for(t, tag_name), kind, value, self.report)
             edits.append((first.name_start, first.end, self._assign(first, token)))
         elif value:
             return edits or None       # already a token: only the duplicates go
         self.report.actions[kind, sel.mode.value] += 1
         return edits
+
+    def _tokenizer_for(self, t: _Target, tag_name: str) -> Tokenizer | None:
+        """The plain tokenizer, or the field-aware one told where this value sits."""
+        field_tokenizer = self.field_tokenizer
+        if field_tokenizer is None:
+            return self.tokenizer
+        scope = t.scope.value if t.scope is not None else "css"
+        where = Where(tag_name, t.attr, t.field, scope, t.input_value)
+        return lambda kind, value: field_tokenizer(kind, value, where)
 
     def _assign(self, attr: _Attr, text: str) -> bytes:
         return attr.raw_name + b'="' + self._encode(text) + b'"'

@@ -6,6 +6,10 @@ token (``guard.pii.token.TOKEN_RE``) are looked up, so the vault is never asked
 about arbitrary user input; everything else is copied byte for byte, and the
 multipart boundary does not change (only ``Content-Length`` does).
 
+A vault that binds tokens to the field they were issued for passes
+``resolve_field(token, field_name)`` instead of ``resolve``: then a token moved
+into another field is rejected like a forged one.
+
 A token the resolver rejects (another session's, expired, forged) becomes an
 empty value and is reported as tampering, with the field's name only.  An
 empty value rather than the token: the upstream then sees a blank field, the
@@ -35,6 +39,8 @@ from guard.pii.response import media_type
 from guard.pii.token import TOKEN_RE
 
 Resolver = Callable[[str], "str | None"]
+FieldResolver = Callable[[str, str], "str | None"]
+"""``resolve_field(token, field_name)``: the field name as submitted (decoded in the form's charset)."""
 
 MAX_FIELDS = 1000
 MAX_PARTS = 256
@@ -64,29 +70,46 @@ class SwapResult:
         return self.swapped > 0 or bool(self.tampered) or self.dropped > 0
 
 
-def swap_back(body: bytes, content_type: str | None, resolve: Resolver, charset: str = "utf-8") -> SwapResult:
-    """Replace token values in a urlencoded, multipart or JSON request body."""
+def swap_back(
+    body: bytes, content_type: str | None, resolve: Resolver | None = None, charset: str = "utf-8",
+    *, resolve_field: FieldResolver | None = None,
+) -> SwapResult:
+    """Replace token values in a urlencoded, multipart or JSON request body (give one of the resolvers)."""
+    lookup = _lookup(resolve, resolve_field)
     mtype, declared = media_type(content_type)
     if b"pii" not in body and b"%" not in body:   # no token can be in there: the common case, at no cost
         return SwapResult(body)
     codec = _codec(declared) or _codec(charset) or "utf-8"
     if mtype == "application/x-www-form-urlencoded":
-        return _urlencoded(body, resolve, codec)
+        return _urlencoded(body, lookup, codec)
     if mtype == "multipart/form-data":
         m = _BOUNDARY.search(content_type or "")
         if m is None:
             return SwapResult(body, error="bad-multipart")
-        return _multipart(body, (m.group(1) or m.group(2)).encode("latin-1"), resolve, codec)
+        return _multipart(body, (m.group(1) or m.group(2)).encode("latin-1"), lookup, codec)
     if mtype == "application/json" or mtype.endswith("+json"):
-        return _json(body, resolve)
+        return _json(body, lookup)
     return SwapResult(body)
 
 
-def swap_back_query(query: bytes, resolve: Resolver, charset: str = "utf-8") -> SwapResult:
+def swap_back_query(
+    query: bytes, resolve: Resolver | None = None, charset: str = "utf-8",
+    *, resolve_field: FieldResolver | None = None,
+) -> SwapResult:
     """The same for a query string (``method="get"`` forms submit their hidden fields there)."""
+    lookup = _lookup(resolve, resolve_field)
     if b"pii" not in query and b"%" not in query:
         return SwapResult(query)
-    return _urlencoded(query, resolve, _codec(charset) or "utf-8")
+    return _urlencoded(query, lookup, _codec(charset) or "utf-8")
+
+
+def _lookup(resolve: Resolver | None, resolve_field: FieldResolver | None) -> FieldResolver:
+    if resolve_field is not None:
+        return resolve_field
+    if resolve is None:
+        raise TypeError("swap_back needs resolve or resolve_field")
+    plain = resolve
+    return lambda token, name: plain(token)
 
 
 def find_tokens(body: bytes, content_type: str | None, charset: str = "utf-8") -> frozenset[str]:
@@ -121,7 +144,7 @@ def _codec(label: str | None) -> str | None:
 
 
 class _Swapper:
-    def __init__(self, resolve: Resolver) -> None:
+    def __init__(self, resolve: FieldResolver) -> None:
         self.resolve = resolve
         self.swapped = 0
         self.dropped = 0
@@ -129,7 +152,7 @@ class _Swapper:
 
     def value(self, token: str, name: str) -> str:
         try:
-            original = self.resolve(token)
+            original = self.resolve(token, name)
         except Exception:
             original = None
         if not isinstance(original, str):
@@ -142,7 +165,7 @@ class _Swapper:
         return SwapResult(body, self.swapped, tuple(self.tampered), self.dropped)
 
 
-def _urlencoded(body: bytes, resolve: Resolver, codec: str) -> SwapResult:
+def _urlencoded(body: bytes, resolve: FieldResolver, codec: str) -> SwapResult:
     pieces = body.split(b"&")
     if len(pieces) > MAX_FIELDS:
         return SwapResult(body, error="too-many-fields")
@@ -163,7 +186,7 @@ def _urlencoded(body: bytes, resolve: Resolver, codec: str) -> SwapResult:
     return swapper.result(b"&".join(pieces) if changed else body)
 
 
-def _multipart(body: bytes, boundary: bytes, resolve: Resolver, codec: str) -> SwapResult:
+def _multipart(body: bytes, boundary: bytes, resolve: FieldResolver, codec: str) -> SwapResult:
     delimiter = b"--" + boundary
     first = body.find(delimiter)
     if first < 0:
@@ -233,7 +256,7 @@ def _part_value(content: bytes, headers: bytes, swapper: _Swapper, codec: str, d
     return encoded
 
 
-def _json(body: bytes, resolve: Resolver) -> SwapResult:
+def _json(body: bytes, resolve: FieldResolver) -> SwapResult:
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):

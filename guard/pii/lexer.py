@@ -135,7 +135,8 @@ def skip_pattern(interest: Interest, foreign: bool) -> re.Pattern[bytes]:
     attr_stops += [re.escape(n) + rb"(?=[%s/>=])" % WS for n in sorted(interest.attr_names)]
     exclude = rb"(?!(?i:%s))" % b"|".join(attr_stops) if attr_stops else b""
     start_tag = b"<" + stop_names + rb"[A-Za-z]" + _tag_body(_attr(exclude))
-    end_tag = rb"</(?!(?i:svg|math)[%s/>])" % WS + _END_TAG[2:] if foreign else _END_TAG
+    # In foreign content </p> and </br> break out to HTML (13.2.6.5) like </svg>: the slow path must see them.
+    end_tag = rb"</(?!(?i:svg|math|p|br)[%s/>])" % WS + _END_TAG[2:] if foreign else _END_TAG
     declaration = rb"<!(?!--|\[CDATA\[)[^>]*+>" if foreign else rb"<!(?!--)[^>]*+>"
     text_lt = rb"<(?=[^A-Za-z!/?])"
     alternatives = (rb"[^<]++", text_lt, start_tag, end_tag, _BOGUS, _COMMENT, declaration)

@@ -67,7 +67,7 @@ from __future__ import annotations
 import re
 
 from guard.pii import charset as charsets
-from guard.pii.element import TagPolicy, Tokenizer
+from guard.pii.element import FieldTokenizer, TagPolicy, Tokenizer
 from guard.pii.lexer import (
     ATTR_RE,
     BREAKOUT,
@@ -103,13 +103,17 @@ class HTMLRewriter:
 
     ``charset`` is the ``Content-Type`` charset parameter, if any.  Without one,
     the first 1024 bytes are held until a ``<meta>`` declaration is looked for.
+    ``field_tokenizer``, when given, is called instead of ``tokenizer_cb`` with a
+    third argument saying where the value sits (``element.Where``), so a vault can
+    bind each token to the form field it was issued for.
     """
 
     def __init__(
-        self, policy: Policy, tokenizer_cb: Tokenizer | None = None, charset: str | None = None
+        self, policy: Policy, tokenizer_cb: Tokenizer | None = None, charset: str | None = None,
+        *, field_tokenizer: FieldTokenizer | None = None,
     ) -> None:
         self.report = Report()
-        self._tags = TagPolicy(policy, tokenizer_cb, self.report)
+        self._tags = TagPolicy(policy, tokenizer_cb, self.report, field_tokenizer)
         self._declared = charset
         resolved = charsets.resolve(charset)
         # A usable declared charset only waits for a possible byte order mark.
