@@ -72,7 +72,8 @@ py=$work/venv/bin/python
 if "$py" -c "import pip" 2>/dev/null; then fail "pip is inside the runtime venv"; fi
 
 phase "guard check (the container config as shipped, Redis URL from the environment)"
-GUARD_REDIS_URL=redis://redis:6379/0 "$work/venv/bin/guard" check -c "$work/etc/guard.yaml" \
+GUARD_REDIS_URL=redis://redis:6379/0 GUARD_SECRET_KEY=install-check-key-0123456789 \
+    "$work/venv/bin/guard" check -c "$work/etc/guard.yaml" \
     || fail "guard check rejected deploy/guard.docker.yaml"
 
 phase "adapt the config: free local ports, memory store, state in the temp folder"

@@ -12,7 +12,7 @@ see one key per client.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -87,6 +87,19 @@ def _forwarded_for(value: str) -> list[str]:
             if sep and name.strip().lower() == "for":
                 out.append(v.strip())
     return out
+
+
+def forwarding_chains(
+    which: str, getall: Callable[[str], Iterable[str]]
+) -> tuple[Iterable[str], Iterable[str]]:
+    """(X-Forwarded-For values, Forwarded values): only the header the trusted proxies write.
+
+    A balancer that appends to ``X-Forwarded-For`` passes a client's own ``Forwarded``
+    header on untouched (and the other way round): reading both lets the client choose.
+    """
+    if which == "forwarded":
+        return (), list(getall("Forwarded"))
+    return list(getall("X-Forwarded-For")), ()
 
 
 def resolve(

@@ -354,6 +354,10 @@ class Config(_Model):
         "anything else is sent as the Host",
     )
     tls: TLSConfig | None = Field(None, description="terminate TLS on the public listener")
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        "x-forwarded-for",
+        description="the one header your trusted proxies write; the other is the client's and is ignored",
+    )
     proxy_protocol: bool = Field(
         False, description="expect a PROXY protocol v1 or v2 header on every public connection"
     )
@@ -418,6 +422,15 @@ class Config(_Model):
         if parts.query or parts.fragment:
             raise ValueError("the upstream URL cannot have a query or fragment")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _redis_needs_a_key(self) -> Config:
+        if self.store.backend == "redis" and not self.secret_key:
+            raise ValueError(
+                "store.backend redis needs secret_key (or GUARD_SECRET_KEY): a key kept in Redis would let "
+                "whoever reads Redis reverse the username and password fingerprints stored next to it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_logins(self) -> Config:

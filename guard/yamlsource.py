@@ -192,12 +192,20 @@ def problems_from_validation(doc: Located, exc: ValidationError, base: Loc = ())
             msg = "unknown key (not allowed here)"
         elif etype == "missing":
             msg = "required key is missing"
-        elif "input" in err and etype not in ("value_error",):
+        elif "input" in err and etype not in ("value_error",) and not _sensitive(loc):
             msg = f"{msg} (got {_describe_input(err['input'])})"
         elif etype == "value_error":
             msg = msg.removeprefix("Value error, ")
         out.append(doc.problem(loc, msg))
     return out
+
+
+# Values under these keys are secrets (or URLs that may carry one): an error names the key, never the value.
+_SENSITIVE = frozenset({"secret_key", "token", "password", "secret", "keys", "url", "lookup_token", "webhook"})
+
+
+def _sensitive(loc: Loc) -> bool:
+    return any(isinstance(p, str) and p in _SENSITIVE for p in loc)
 
 
 def _is_union_tag(part: str | int) -> bool:

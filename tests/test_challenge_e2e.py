@@ -253,7 +253,7 @@ async def test_issued_by_one_instance_answered_by_another_and_after_restart(
     tmp_path: Path, legacy: int, mailbox: tuple[Mailbox, int], redis_url: str
 ) -> None:
     box, smtp = mailbox
-    extra = f"store: {{backend: redis, url: '{redis_url}'}}\n"
+    extra = f"store: {{backend: redis, url: '{redis_url}'}}\nsecret_key: test-fingerprint-key-0123456789\n"
     a = await started(guard_config(tmp_path, legacy, smtp, extra))
     b = await started(guard_config(tmp_path, legacy, smtp, extra))
     try:

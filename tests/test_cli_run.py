@@ -197,7 +197,8 @@ async def test_workers_with_memory_store_refuse_to_split_state(tmp_path: Path, u
 async def test_two_workers_share_the_port_and_restart(
     tmp_path: Path, upstream: int, guards: list[Guard], redis_url: str
 ) -> None:
-    g = Guard(tmp_path, upstream, extra=f"store: {{backend: redis, url: '{redis_url}'}}\n", args=("--workers", "2"))
+    g = Guard(tmp_path, upstream, extra=f"store: {{backend: redis, url: '{redis_url}'}}\nsecret_key: test-fingerprint-key-0123456789\n",
+              args=("--workers", "2"))
     guards.append(g)
     await g.ready()
     statuses = await asyncio.gather(*(get_status(g.url("/")) for _ in range(40)))

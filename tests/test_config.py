@@ -73,7 +73,8 @@ def test_redis_password_never_echoed_in_errors() -> None:
 
 
 def test_env_overrides_and_interpolation() -> None:
-    env = {"GUARD_REDIS_URL": "redis://r:6380/1", "GUARD_ADMIN_TOKEN": "t0k", "UP": "http://up:81"}
+    env = {"GUARD_REDIS_URL": "redis://r:6380/1", "GUARD_ADMIN_TOKEN": "t0k", "UP": "http://up:81",
+           "GUARD_SECRET_KEY": "k" * 32}
     cfg = load_config_text("upstream: ${UP}\nstore:\n  backend: redis\n", env=env)
     assert cfg.store.url == "redis://r:6380/1"
     assert cfg.admin.token == "t0k"

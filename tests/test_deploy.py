@@ -355,6 +355,7 @@ def test_docker_config_passes_guard_check(tmp_path: Path) -> None:
     config = stage_config(tmp_path / "etc")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARD_")}
     env["GUARD_REDIS_URL"] = "redis://redis:6379/0"
+    env["GUARD_SECRET_KEY"] = "deploy-check-key-0123456789abcdef"
     r = subprocess.run(
         [sys.executable, "-m", "guard", "check", "-c", str(config)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
@@ -904,7 +905,8 @@ def _serve_container_config(tmp_path: Path, redis_url: str, mdwe: bool) -> str:
     cfg["store"]["key_prefix"] = f"deploytest{os.getpid()}:"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARD_")}
-    env |= {"GUARD_REDIS_URL": redis_url, "GUARD_UPSTREAM": f"http://127.0.0.1:{upstream}"}
+    env |= {"GUARD_REDIS_URL": redis_url, "GUARD_UPSTREAM": f"http://127.0.0.1:{upstream}",
+            "GUARD_SECRET_KEY": "deploy-check-key-0123456789abcdef"}
     demo_log, guard_log = tmp_path / "demo.log", tmp_path / "guard.log"
     with demo_log.open("wb") as dl:
         demo = subprocess.Popen(

@@ -188,7 +188,11 @@ async def test_username_never_reaches_the_store_in_clear(engine: Engine) -> None
 async def test_store_down_follows_the_policy(tmp_path: Path, fail_open: bool) -> None:
     """A real Redis client against a port where no Redis listens."""
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    cfg = make_config(tmp_path, f"store: {{backend: redis, url: '{url}', fail_open: {str(fail_open).lower()}}}\n")
+    cfg = make_config(
+        tmp_path,
+        f"store: {{backend: redis, url: '{url}', fail_open: {str(fail_open).lower()}}}\n"
+        "secret_key: test-fingerprint-key-0123456789\n",
+    )
     eng = Engine(cfg, RedisStore(url, "t:", 0.2, 0.5, 4), VirtualClock(), secret=b"k" * 32)
     await eng.start()
     try:

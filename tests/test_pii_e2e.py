@@ -184,7 +184,7 @@ async def test_tokens_replayed_from_another_browser_are_rejected(
 async def test_two_guard_instances_share_the_vault_through_redis(
     tmp_path: Path, legacy: Legacy, redis_url: str
 ) -> None:
-    extra = f"store: {{backend: redis, url: '{redis_url}'}}"
+    extra = f"store: {{backend: redis, url: '{redis_url}'}}\nsecret_key: test-fingerprint-key-0123456789"
     a, _ = await started(config(tmp_path / "a", legacy.port, extra))
     b, _ = await started(config(tmp_path / "b", legacy.port, extra))
     browser = Browser(f"http://127.0.0.1:{a.public_port}")

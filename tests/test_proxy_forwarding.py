@@ -197,7 +197,7 @@ async def test_trusted_proxy_chain(
 async def test_trusted_proxy_headers_are_kept_and_extended(
     upstream: Upstream, make_guard: GuardFactory
 ) -> None:
-    g = await make_guard(upstream.url, trusted_proxies=["127.0.0.1"])
+    g = await make_guard(upstream.url, trusted_proxies=["127.0.0.1"], forwarded_header="forwarded")
     request = (
         b"GET /t HTTP/1.1\r\nHost: h\r\nForwarded: for=198.51.100.4;proto=https\r\n"
         b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: public.example\r\nConnection: close\r\n\r\n"

@@ -49,7 +49,7 @@ async def test_velocity_and_bans_are_shared(tmp_path: Path, upstream: int, redis
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     extra = (
-        f"store: {{backend: redis, url: '{redis_url}'}}\n"
+        f"store: {{backend: redis, url: '{redis_url}'}}\nsecret_key: test-fingerprint-key-0123456789\n"
         "trusted_proxies: [127.0.0.1/32]\nattack: {enabled: false}\nadmin: {token: t0ken-for-tests}\n"
     )
     guards = []

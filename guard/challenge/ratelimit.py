@@ -21,7 +21,16 @@ from guard.store.base import Incr
 
 
 def source_op(ring: KeyRing, client_ip: str, limit: Limit) -> Incr:
-    return Incr(f"ch:ls:{ring.digest(b'source', client_ip)}", limit.window)
+    """Per source: an IPv6 host owns its whole /64, so the limit counts the /64, not the address."""
+    source = client_ip
+    if ":" in client_ip:
+        from guard.engine.bancache import subnet_of
+
+        try:
+            source = subnet_of(client_ip)
+        except (OSError, ValueError):
+            source = client_ip
+    return Incr(f"ch:ls:{ring.digest(b'source', source)}", limit.window)
 
 
 def account_op(account_key: str, limit: Limit) -> Incr:

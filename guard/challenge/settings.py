@@ -67,7 +67,7 @@ _PATH = re.compile(r"^/(?!/)[A-Za-z0-9._~!$&'()*+,;=:@/%-]*$")
 
 def _local_path(value: str) -> str:
     """A path on this origin: ``/x`` but never ``//evil.example`` (an open redirect)."""
-    if not _PATH.match(value) or "\\" in value:
+    if not _PATH.fullmatch(value) or "\\" in value:  # fullmatch: "$" would let a final newline in
         raise ValueError(f'expected a path on this site such as /login (got "{value}")')
     return value
 
@@ -176,8 +176,8 @@ class ChannelSettings(_Model):
 
 
 class BrandSettings(_Model):
-    title: str = Field("Sign-in verification", max_length=120)
-    name: str = Field("loginguard", max_length=120)
+    title: str = Field("Sign-in verification", max_length=120, pattern=r"^[^\r\n\x00]*$")
+    name: str = Field("loginguard", max_length=120, pattern=r"^[^\r\n\x00]*$")
     logo: str | None = Field(
         None,
         description="a data: URL (png, jpeg, gif, webp, svg+xml); no external assets, so nothing leaks "

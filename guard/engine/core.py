@@ -154,21 +154,13 @@ class Engine:
     async def _shared_secret(self) -> bytes:
         """A key for username/password fingerprints that every instance sharing the store agrees on.
 
-        With Redis the key lives in Redis (every instance and every restart agree); with the
-        memory store it lives in ``state_dir/secret.key`` (mode 0600), so counters, history and
-        the exposure ledger stay readable across restarts.
+        With Redis the key must be configured (``secret_key`` / ``GUARD_SECRET_KEY``): every
+        instance needs the same one, and it must not sit in Redis beside the hashes it keys.
+        With the memory store it lives in ``state_dir/secret.key`` (mode 0600), so counters,
+        history and the exposure ledger stay readable across restarts.
         """
-        if self.config.store.backend == "memory":
-            return await asyncio.to_thread(_file_secret, self.config.state_dir / "secret.key")
-        candidate = secrets.token_hex(32).encode()
-        try:
-            await self.store.execute([PutNew(SECRET_KEY, candidate, 10 * 365 * 86400.0)], self.clock.now())
-            (value,) = await self.store.execute([Get(SECRET_KEY)], self.clock.now())
-            if value:
-                return bytes(value)
-        except StoreError:
-            log.warning("store unreachable at start: fingerprint key is local to this process until restart")
-        return candidate
+        # Redis requires a configured secret_key (a key kept in Redis would unlock what sits beside it)
+        return await asyncio.to_thread(_file_secret, self.config.state_dir / "secret.key")
 
     def swap_runtime(self, rt: Runtime) -> None:
         old, self.rt = self.rt, rt
@@ -338,9 +330,12 @@ class Engine:
             if not ctx.attack:  # the baseline must not learn the attack as the new normal
                 ops.append(Hit(f"atk:{code}:long", a.baseline))
         if outcome == "success" and ctx.user_key is not None:
-            hist = ctx.account or AccountHistory()
-            hist.record_success(ctx.now, ctx.subnet, ctx.geo)
-            ops.append(Put(f"acct:{ctx.user_key}", json.dumps(hist.to_json()).encode(), ACCOUNT_TTL))
+            if seen:
+                # a success held behind a second factor is not a login (yet): learning its subnet
+                # would let the attacker's retry skip the rules that challenged it
+                hist = ctx.account or AccountHistory()
+                hist.record_success(ctx.now, ctx.subnet, ctx.geo)
+                ops.append(Put(f"acct:{ctx.user_key}", json.dumps(hist.to_json()).encode(), ACCOUNT_TTL))
             self._exposure(state, ctx, seen)
         if ops:
             try:

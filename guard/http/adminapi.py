@@ -125,7 +125,8 @@ def auth_middleware(token: str | None, login_page: Callable[[], web.Response]) -
                 return login_page()
             return web.json_response({"error": "bearer token required"}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="loginguard admin"'})
-        if not hmac.compare_digest(given.strip().encode(), expected):
+        # aiohttp decodes header bytes as UTF-8 with surrogateescape: any bytes compare, none raise
+        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected):
             return _error(403, "wrong token")
         return await handler(request)
 

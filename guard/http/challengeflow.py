@@ -97,7 +97,7 @@ class ChallengeFlow:
     ) -> tuple[web.StreamResponse | None, int, float | None]:
         """(response, status for the log, upstream seconds); response None: refuse with the block page."""
         engine = rt.engine
-        login = self._login(facts, rt.scheme == "https")
+        login = self._login(facts, facts.scheme == "https")
         if login is None:
             return None, 403, None  # no username to send a code for: the challenge cannot be met
         out = readable_encodings(request_headers(request.headers, fwd, rt.host_override or target.host))
@@ -130,7 +130,7 @@ class ChallengeFlow:
     async def before_upstream(
         self, request: web.BaseRequest, rt: Settings, facts: RequestFacts, target: Target, fwd: Forwarding
     ) -> tuple[web.StreamResponse | None, int]:
-        login = self._login(facts, rt.scheme == "https")
+        login = self._login(facts, facts.scheme == "https")
         if login is None:
             return None, 403
         out = request_headers(request.headers, fwd, rt.host_override or target.host)
@@ -152,7 +152,7 @@ class ChallengeFlow:
         if len(raw) > MAX_FORM:
             return rt.pages.response(413, accept, close=True)
         form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
-        secure = rt.scheme == "https"
+        secure = facts.scheme == "https"
         try:
             ans: Answer = await self.svc.answer(
                 form, request_cookies(request.headers), client_ip=facts.client_ip, accept=accept,

@@ -30,7 +30,7 @@ from aiohttp import ClientError, ClientOSError, ClientResponse, ServerDisconnect
 from multidict import CIMultiDictProxy
 
 from guard.accesslog import RequestLog
-from guard.clientip import resolve
+from guard.clientip import forwarding_chains, resolve
 from guard.engine import PASS, Action, Decision, RequestFacts, ResponseFacts
 from guard.http import websocket
 from guard.http.bodies import read_login_body, read_response_head, send_continue
@@ -104,9 +104,8 @@ class ProxyHandler:
         peer = proto.peer
         trusted = not rt.trusted.empty and proto.peer_ip is not None and proto.peer_ip in rt.trusted
         if trusted:
-            client_ip, _ = resolve(
-                peer, rt.trusted, headers.getall("X-Forwarded-For", ()), headers.getall("Forwarded", ())
-            )
+            xff, fwd_list = forwarding_chains(rt.config.forwarded_header, lambda n: headers.getall(n, ()))
+            client_ip, _ = resolve(peer, rt.trusted, xff, fwd_list)
         else:
             client_ip = peer  # forwarding headers from an untrusted peer are ignored
         target = parse_target(request.raw_path)

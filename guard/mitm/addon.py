@@ -41,7 +41,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 import guard.mitm as _package
 from guard import __version__
 from guard.accesslog import RequestLog
-from guard.clientip import TrustedProxies, normalize, parse_ip, resolve
+from guard.clientip import TrustedProxies, forwarding_chains, normalize, parse_ip, resolve
 from guard.config import Brand, Config, load_config
 from guard.engine import PASS, Action, Decision, Engine, RequestFacts, ResponseFacts
 from guard.engine.runtime import Runtime, build_runtime
@@ -377,8 +377,8 @@ class GuardAddon:
         headers = req.headers
         peer = _peer(flow)
         trusted = _trusted(settings, peer)
-        client_ip, _ = resolve(peer, settings.trusted, headers.get_all("X-Forwarded-For"),
-                               headers.get_all("Forwarded"))
+        xff, fwd_list = forwarding_chains(settings.config.forwarded_header, headers.get_all)
+        client_ip, _ = resolve(peer, settings.trusted, xff, fwd_list)
         raw_path, _, query = req.path.partition("?")
         path = match_path(raw_path)
         login = engine.match_login(req.method, path)

@@ -95,6 +95,9 @@ def decide(matches: list[tuple[Rule, Values]], scoring: Scoring = NO_SCORING, sh
     if best is not None and best.severity == Severity.PASS:
         action = Action.PASS
     by_score = scoring.action_for(total) if enforced else None
+    if by_score is Action.BLOCK and all(r.account_only for r in enforced if r.score):
+        # scores that anyone who knows a username can run up may challenge, never lock out
+        by_score = Action.CHALLENGE
     winner = best
     if by_score is not None and SEVERITY[by_score] > SEVERITY.get(action, Severity.PASS):
         action = by_score

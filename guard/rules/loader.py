@@ -168,6 +168,7 @@ class _Compiler:
             ban=BanSpec(ban.key, ban.duration, ban.factor, ban.max) if ban is not None else None,
             tarpit=args.tarpit if args.tarpit is not None else (2.0 if args.action == "tarpit" else 0.0),
             flag=FlagSpec(args.flag.subjects, args.flag.duration) if args.flag is not None else None,
+            account_only=account_keyed(cond),
         )
 
     def _lint(self, cond: Condition, leaves: list[Condition], args: RuleArgs, loc: Loc) -> None:
@@ -182,20 +183,47 @@ class _Compiler:
         login_false = any(getattr(c, "kind", "") == "login" and getattr(c, "want", True) is False for c in top)
         if login_false and any(leaf.phase == Phase.LOGIN for leaf in leaves):
             self.fail(where, "can never match: login: false with a condition that only login requests have")
-        if args.action in ("ban", "block") and _account_keyed_only(leaves):
+        if args.action in ("ban", "block") and account_keyed(cond):
             self.fail(
                 (*loc, "action"),
                 "blocking on a per-account key lets anyone lock the owner out; use challenge instead",
             )
 
 
-def _account_keyed_only(leaves: list[Condition]) -> bool:
+# What an anonymous attacker who knows a username can make true by itself: request
+# shape, and counters keyed on that username.  Anything about the source is not theirs.
+_ATTACKER_CAN = frozenset({"login", "method", "path", "header", "user_agent", "login_body_error"})
+
+
+def account_keyed(cond: Condition) -> bool:
+    """True when a per-username counter alone (plus request shape) can make ``cond`` hold.
+
+    Such a rule lets anyone who knows a username trigger it against its owner, so it
+    may only challenge (never block or ban), and its score can never reach a block.
+    """
+    return _reach(cond) == "account"
+
+
+def _reach(cond: Condition) -> str:
     from guard.rules.conditions.velocity import Velocity
 
-    vel = [leaf for leaf in leaves if isinstance(leaf, Velocity)]
-    return bool(vel) and all(v.args.key == "username" for v in vel) and len(vel) == len(
-        [leaf for leaf in leaves if leaf.kind not in ("login", "method", "path")]
-    )
+    if isinstance(cond, All):
+        kinds = [_reach(c) for c in cond.children]
+        if "source" in kinds:
+            return "source"
+        return "account" if "account" in kinds else "free"
+    if isinstance(cond, AnyOf):
+        kinds = [_reach(c) for c in cond.children]
+        if "account" in kinds:
+            return "account"
+        return "free" if "free" in kinds else "source"
+    if isinstance(cond, Not):
+        return "free"  # conservative: a negation is assumed satisfiable by the attacker
+    if isinstance(cond, Velocity) and cond.args.key in ("username", "global"):
+        return "account"
+    if cond.kind in _ATTACKER_CAN:
+        return "free"
+    return "source"
 
 
 def compile_documents(docs: Iterable[Located], env: CompileEnv) -> RuleSet:

@@ -115,6 +115,7 @@ class Rule:
     ban: BanSpec | None = None
     tarpit: float = 0.0
     flag: FlagSpec | None = None
+    account_only: bool = False   # a per-username counter alone can make it match: never blocks
 
     @property
     def severity(self) -> Severity:

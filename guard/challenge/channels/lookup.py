@@ -17,7 +17,7 @@ _EMAIL = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
 
 
 def is_email(text: str) -> bool:
-    return len(text) <= 254 and bool(_EMAIL.match(text))
+    return len(text) <= 254 and bool(_EMAIL.fullmatch(text))  # fullmatch: no trailing newline
 
 
 def build_url(template: str, login_id: str, account_key: str) -> str:

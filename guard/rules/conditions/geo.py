@@ -8,13 +8,12 @@ that an attacker's country is normal.
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from guard.geo import haversine_km
 from guard.rules.conditions.request import MAX_MATCH_INPUT, _compile
 from guard.rules.context import Context, Phase
+from guard.rules.regex import Matcher
 from guard.rules.registry import NO_VALUES, CompileEnv, Condition, Values, register
 
 
@@ -100,7 +99,7 @@ class ASOrgMatches(Condition):
     kind = "asn_org"
     needs_geo = True
 
-    def __init__(self, rx: re.Pattern[str]) -> None:
+    def __init__(self, rx: Matcher) -> None:
         self.rx = rx
 
     def test(self, ctx: Context) -> Values | None:

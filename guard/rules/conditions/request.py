@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from guard.clientip import parse_ip
 from guard.rules.context import Context
+from guard.rules.regex import Matcher, compile_regex
 from guard.rules.registry import NO_VALUES, CompileEnv, Condition, Values, register
 
-# Attacker-controlled strings are cut before a regex sees them: with Python's
-# backtracking engine this bounds the worst case of a badly written pattern.
+# Attacker-controlled strings are cut before a regex sees them.  Rule regexes run on
+# RE2 (guard.rules.regex), linear in this bound; the cut also bounds the UTF-8 copy.
 MAX_MATCH_INPUT = 2048
 
 
@@ -20,11 +21,8 @@ class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+def _compile(pattern: str) -> Matcher:
+    return compile_regex(pattern)
 
 
 # ---- login ----------------------------------------------------------------------------------------
