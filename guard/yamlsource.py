@@ -89,9 +89,18 @@ class _Builder:
         self.positions: dict[Loc, tuple[int, int]] = {}
         self.problems: list[Problem] = []
         self.loader = yaml.SafeLoader("")
+        self.seen: set[int] = set()
 
     def build(self, node: yaml.Node, path: Loc) -> Any:
         mark = node.start_mark
+        if not isinstance(node, yaml.ScalarNode):
+            # PyYAML hands an alias (*x) back as the very node it names: seeing a collection
+            # twice means an alias.  Refused, like merge keys: a few hundred bytes of nested
+            # aliases ("billion laughs") would otherwise expand into gigabytes.
+            if id(node) in self.seen:
+                self._fail(node, path, "YAML aliases (*name) are not supported: write the value out")
+                return None
+            self.seen.add(id(node))
         self.positions.setdefault(path, (mark.line + 1, mark.column + 1))
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
@@ -151,6 +160,8 @@ def load_text(text: str, file: str = "<string>", env: Mapping[str, str] | None =
         raise SourceError([Problem(file, line, col, "", f"YAML syntax: {msg}")]) from None
     except yaml.YAMLError as exc:
         raise SourceError([Problem(file, 0, 0, "", f"YAML syntax: {exc}")]) from None
+    except RecursionError:
+        raise SourceError([Problem(file, 0, 0, "", "YAML nests too deeply")]) from None
     if root is None:
         return Located(file, {}, {(): (1, 1)})
     builder = _Builder(file, os.environ if env is None else env)
@@ -158,6 +169,8 @@ def load_text(text: str, file: str = "<string>", env: Mapping[str, str] | None =
         data = builder.build(root, ())
     except yaml.YAMLError as exc:
         raise SourceError([Problem(file, 0, 0, "", f"YAML: {exc}")]) from None
+    except RecursionError:
+        raise SourceError([Problem(file, 0, 0, "", "YAML nests too deeply")]) from None
     if builder.problems:
         raise SourceError(builder.problems)
     return Located(file, data, builder.positions)

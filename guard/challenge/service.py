@@ -114,6 +114,7 @@ class Challenges:
         self.devices = Devices(self.ring, s.devices)
         self.healthy: dict[str, bool] = {name: True for name in self.channels}
         self.stats: Counter[str] = Counter()
+        self.observer: Any = None  # guard.observe Observer, set by the adapter: send failures are metrics
         self._tasks: set[asyncio.Task[None]] = set()
         self._health: asyncio.Task[None] | None = None
 
@@ -368,6 +369,8 @@ class Challenges:
             self.stats[f"sent:{channel.name}"] += 1
         else:
             self.stats[f"failed:{channel.name}:{result.error_code}"] += 1
+            if self.observer is not None:
+                self.observer.challenge("send_failed", channel.name)
             log.warning(
                 "code not sent via %s for account %s: %s",
                 channel.name,

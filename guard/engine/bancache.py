@@ -54,12 +54,15 @@ def ip_subjects(ip: str) -> tuple[str, str]:
 
 
 class BanCache:
-    __slots__ = ("_bans", "_clock", "_has_nets", "_store", "_task", "_version", "max_entries", "poll_interval")
+    __slots__ = (
+        "_bans", "_clock", "_has_nets", "_pending", "_store", "_task", "_version", "max_entries", "poll_interval",
+    )
 
     def __init__(self, store: Store, clock: Clock, poll_interval: float = 0.5, max_entries: int = 1_000_000):
         self._store = store
         self._clock = clock
         self._bans: dict[str, Ban] = {}
+        self._pending: dict[str, Ban] = {}   # bans made while the store was down: written when it is back
         self._has_nets = False
         self._version: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -89,11 +92,29 @@ class BanCache:
             self._bans[ban.subject] = ban
             self._has_nets = self._has_nets or ban.subject.startswith("net:")
 
+    def put_pending(self, ban: Ban) -> None:
+        """A ban the store could not take: enforce it here, and write it at the next refresh."""
+        self.put(ban)
+        if len(self._pending) < self.max_entries:
+            self._pending[ban.subject] = ban
+
     def drop(self, subject: str) -> None:
         self._bans.pop(subject, None)
+        self._pending.pop(subject, None)
 
     async def refresh(self, force: bool = False) -> bool:
         """Reload when the store's ban version moved; False when the store is unreachable."""
+        now = self._clock.now()
+        for subject, ban in list(self._pending.items()):
+            if not ban.active(now):
+                del self._pending[subject]
+                continue
+            try:
+                await self._store.ban(ban, now)
+            except StoreError:
+                break  # still down: keep them, and keep enforcing them locally
+            del self._pending[subject]
+            force = True
         try:
             version = await self._store.bans_version()
             if not force and version == self._version:
@@ -102,6 +123,9 @@ class BanCache:
         except StoreError:
             return False
         fresh = {b.subject: b for b in bans[: self.max_entries]}
+        for subject, ban in self._pending.items():  # not yet in the store: still ours to enforce
+            if ban.active(now) and subject not in fresh:
+                fresh[subject] = ban
         self._bans = fresh
         self._has_nets = any(s.startswith("net:") for s in fresh)
         self._version = version

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,14 +269,17 @@ class Engine:
         state.keys = keys
         detector: dict[str, Any] = {}
         ops, readers = self._login_batch(ctx, keys, rt, detector)
+        t_store = time.perf_counter()
         try:
             results = await self.store.execute(ops, ctx.now)
         except StoreError:
+            self.observer.store_op(time.perf_counter() - t_store, False)
             state.store_ok = False
             self._store_ok = False
             if self.config.store.fail_open:
                 return Decision(Action.LOG, (STORE_DOWN_OPEN,))
             return Decision(Action.UNAVAILABLE, (STORE_DOWN_CLOSED,), status=503)
+        self.observer.store_op(time.perf_counter() - t_store, True)
         self._store_ok = True
         for reader, value in zip(readers, results, strict=True):
             reader(ctx, value)
@@ -620,7 +624,7 @@ class Engine:
                 await self.ban(subject, seconds, rule.id)
             except StoreError:
                 seconds = spec.duration
-                self.bans.put(Ban(subject, ctx.now + seconds, rule.id, ctx.now))
+                self.bans.put_pending(Ban(subject, ctx.now + seconds, rule.id, ctx.now))
                 log.warning("ban kept locally only: store unreachable", extra={"rule": rule.id})
             return Decision(
                 Action.BAN, decision.reasons, status=403, ban_seconds=seconds,

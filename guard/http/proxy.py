@@ -277,6 +277,7 @@ class ProxyHandler:
                 conn = up.connection
                 if conn is not None and conn.protocol is not None:
                     conn.protocol.read_timeout = rt.upstream_idle  # now: the longest silence in a body
+                    conn.protocol.start_timeout()  # re-arm: the running timer still has upstream_read
                 while True:
                     try:
                         chunk = await content.readany()

@@ -121,6 +121,7 @@ class GuardServer:
             svc = self._challenges = Challenges(config.challenge, store, clock=self._clock)
             await svc.start()
             engine.challenges = svc
+            svc.observer = obs.fanout
             self._flow = ChallengeFlow(svc, upstream)
         # PII tokens are sealed under a key from the engine's secret (shared through the store, so
         # every instance agrees); the engine has no public accessor for it yet.
