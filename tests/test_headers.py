@@ -74,14 +74,17 @@ def test_trusted_peer_chain_is_extended() -> None:
                  ("X-Real-IP", "203.0.113.1"))
     out = request_headers(incoming, TRUSTED, None)
     assert get(out, "X-Forwarded-For") == ["203.0.113.1, 10.0.0.1, 10.0.0.2"]
+    assert get(out, "Forwarded") == []  # not the header the balancer writes: the client's own
+    out = request_headers(incoming, TRUSTED._replace(header="forwarded"), None)
     assert get(out, "Forwarded") == ['for="[2001:db8::1]", for=10.0.0.2;proto=https']
+    assert get(out, "X-Forwarded-For") == ["10.0.0.2"]  # the client's chain does not go on
     assert get(out, "X-Forwarded-Proto") == ["http"]       # the balancer saw the client's scheme
     assert get(out, "X-Forwarded-Host") == ["app.example"]  # not sent by the balancer: ours
     assert get(out, "X-Real-IP") == ["203.0.113.1"]
 
 
 def test_forwarded_node_for_ipv6_is_quoted() -> None:
-    fwd = Forwarding(peer="2001:db8::2", trusted=True, scheme="http", host=None)
+    fwd = Forwarding(peer="2001:db8::2", trusted=True, scheme="http", host=None, header="forwarded")
     out = request_headers(h(("Forwarded", "for=192.0.2.1")), fwd, None)
     assert get(out, "Forwarded") == ['for=192.0.2.1, for="[2001:db8::2]";proto=http']
     assert get(out, "X-Forwarded-Host") == []

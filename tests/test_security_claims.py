@@ -259,6 +259,7 @@ async def test_a_forwarded_header_passed_on_by_a_trusted_balancer_is_not_believe
         ("x-forwarded-for", b"Forwarded: for=198.51.100.7", b"X-Forwarded-For: 203.0.113.9"),
         ("forwarded", b"X-Forwarded-For: 198.51.100.7", b"Forwarded: for=203.0.113.9"),
     ],
+    ids=["x-forwarded-for", "forwarded"],
 )
 async def test_the_header_trusted_proxies_do_not_write_never_reaches_the_upstream(
     mode: str, client_wrote: bytes, balancer_wrote: bytes, upstream: Upstream, make_guard: GuardFactory

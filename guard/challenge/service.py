@@ -80,6 +80,7 @@ class Answer:
     mode: Mode | None = None
     set_cookies: tuple[str, ...] = ()
     account_key: str | None = None  # EXHAUSTED: score the source; PASSED: the ledger
+    login_id: str | None = None     # PASSED: the login id, for the engine's history and ledger (never logged)
 
 
 class Challenges:
@@ -283,6 +284,7 @@ class Challenges:
                 mode=r.hold.mode,
                 set_cookies=tuple(cookies_out),
                 account_key=r.hold.account_key,
+                login_id=r.hold.login_id,
             )
         if r.verdict is Verdict.EXHAUSTED:
             self.stats["exhausted"] += 1

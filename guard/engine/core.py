@@ -408,6 +408,35 @@ class Engine:
                 svc.notify_login(login, country=ctx.geo.country, user_agent=req.headers.get("User-Agent", ""))
         return state.set_cookies
 
+    async def login_released(self, login_id: str, account_key: str, ip: str) -> None:
+        """A held login was released by its code: it is a login now, seen by whoever typed the code.
+
+        The account's history learns the subnet (its owner is not challenged again from home),
+        and the exposure ledger records that the source got the upstream's success.
+        """
+        now = self.clock.now()
+        try:
+            subnet = subnet_of(ip)
+        except ValueError:
+            subnet = ip
+        geo = self._geo(ip)
+        try:
+            (raw,) = await self.store.execute([Get(f"acct:{account_key}")], now)
+            hist = AccountHistory()
+            if raw:
+                try:
+                    hist = AccountHistory.from_json(json.loads(raw))
+                except (ValueError, TypeError):
+                    hist = AccountHistory()
+            hist.record_success(now, subnet, geo)
+            await self.store.execute([Put(f"acct:{account_key}", json.dumps(hist.to_json()).encode(), ACCOUNT_TTL)], now)
+        except StoreError:
+            log.warning("a released login's history was not stored: store unreachable")
+        self.observer.exposure(ExposureEntry(
+            ts=now, user_key=account_key, login_sealed=self.sealer.seal(login_id), ip=ip,
+            country=geo.country, asn=geo.asn, flags=("challenge",), seen=True,
+        ))
+
     async def forced_reset(self, req: RequestFacts, outcome: str) -> str | None:
         """The reset URL when this successful login is of an account on the forced-reset list (once)."""
         url = self.config.forced_reset_url

@@ -167,6 +167,8 @@ class ChallengeFlow:
             await engine.flag_source(facts.client_ip, "challenge-exhausted")
         if ans.page is not None:
             return page_response(ans.page)
+        if ans.account_key is not None and ans.login_id is not None:
+            await engine.login_released(ans.login_id, ans.account_key, facts.client_ip)
         msg = ans.released
         if msg is None:  # pragma: no cover - the service sets exactly one of page / released
             return rt.pages.response(500, accept)

@@ -79,6 +79,7 @@ class Forwarding(NamedTuple):
     trusted: bool          # peer is in trusted_proxies: its forwarding headers are kept
     scheme: str            # "http" or "https" on the public listener
     host: str | None       # the Host the client asked for (None: it sent none)
+    header: str = "x-forwarded-for"  # the one header trusted proxies write (config.forwarded_header)
 
 
 def request_headers(
@@ -105,9 +106,10 @@ def request_headers(
     if fwd.trusted:
         # A trusted proxy's chain is kept and the hop that reached us appended,
         # the de-facto X-Forwarded-For contract (right-most = nearest hop).
-        prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
+        # Only the chain the trusted proxies write goes on; the other header is the client's own.
+        prior = ", ".join(incoming.getall("X-Forwarded-For", ())) if fwd.header == "x-forwarded-for" else ""
         out.append(("X-Forwarded-For", f"{prior}, {fwd.peer}" if prior else fwd.peer))
-        forwarded = incoming.getall("Forwarded", ())
+        forwarded = incoming.getall("Forwarded", ()) if fwd.header == "forwarded" else ()
         if forwarded:
             # RFC 7239 section 4: a proxy appends its element to the list
             element = f"for={_forwarded_node(fwd.peer)};proto={fwd.scheme}"

@@ -139,11 +139,11 @@ class ProxyHandler:
                     return answer
                 decision = answer
                 if decision.action is Action.CHALLENGE and not decision.shadow:
-                    fwd = Forwarding(peer, trusted, rt.scheme, host)
+                    fwd = Forwarding(peer, trusted, rt.scheme, host, rt.config.forwarded_header)
                     return await self._challenge(request, rt, facts, target, fwd, decision, t0)
             if decision.action is Action.TARPIT and decision.delay > 0 and not decision.shadow:
                 await asyncio.sleep(min(decision.delay, MAX_TARPIT))
-            fwd = Forwarding(peer, trusted, rt.scheme, host)
+            fwd = Forwarding(peer, trusted, rt.scheme, host, rt.config.forwarded_header)
             if "Upgrade" in headers and is_websocket(headers):
                 return await self.websockets.relay(request, rt, facts, fwd, target, decision, t0)
             pii = rt.pii
