@@ -221,7 +221,16 @@ def run(target: Path, default_config: Path, out: Any = None) -> int:
     import sys
 
     out = out or sys.stdout
-    logging.getLogger("guard").setLevel(logging.ERROR)  # the engine's operational warnings are noise here
+    guard_log = logging.getLogger("guard")
+    previous = guard_log.level
+    guard_log.setLevel(logging.ERROR)  # the engine's operational warnings are noise here
+    try:
+        return _run(target, default_config, out)
+    finally:
+        guard_log.setLevel(previous)
+
+
+def _run(target: Path, default_config: Path, out: Any) -> int:
     files = test_files(target)
     if not files:
         print(f"guard test: no *.test.yaml files under {target}", file=out)
