@@ -594,18 +594,24 @@ async def test_smtp_failure_is_in_the_metrics(tmp_path: Path, legacy: int) -> No
     svc = server._challenges
     if svc._health is not None:   # stop the periodic probe: it would mark the channel down first
         svc._health.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await svc._health
+        await asyncio.wait({svc._health}, timeout=10)
         svc._health = None
     svc.healthy["email"] = True   # as if the probe had last seen it up
     browser = Browser(f"http://127.0.0.1:{server.public_port}")
     try:
-        await browser.post("/login", {"username": ALICE.login, "password": ALICE.password})
-        await svc.drain()
+        await asyncio.wait_for(
+            browser.post("/login", {"username": ALICE.login, "password": ALICE.password}), 30
+        )
         obs = server.observability
         assert obs is not None
-        value = obs.metrics.registry.get_sample_value(
-            "guard_challenges_total", {"event": "send_failed", "channel": "email"})
+        value = None
+        for _ in range(200):   # the send runs in the background, after dispatch_delay
+            await asyncio.wait_for(svc.drain(), 30)
+            value = obs.metrics.registry.get_sample_value(
+                "guard_challenges_total", {"event": "send_failed", "channel": "email"})
+            if value:
+                break
+            await asyncio.sleep(0.05)
         assert value == 1
     finally:
         await browser.close()
