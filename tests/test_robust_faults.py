@@ -592,10 +592,7 @@ async def test_smtp_down_during_a_challenge(
 async def test_smtp_failure_is_in_the_metrics(tmp_path: Path, legacy: int) -> None:
     server = await started(guard_config(tmp_path, legacy, free_port()))
     svc = server._challenges
-    if svc._health is not None:   # stop the periodic probe: it would mark the channel down first
-        svc._health.cancel()
-        await asyncio.wait({svc._health}, timeout=10)
-        svc._health = None
+    await svc.stop_probing()      # the periodic probe would mark the channel down first
     svc.healthy["email"] = True   # as if the probe had last seen it up
     browser = Browser(f"http://127.0.0.1:{server.public_port}")
     try:

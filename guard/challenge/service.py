@@ -118,19 +118,32 @@ class Challenges:
         self.observer: Any = None  # guard.observe Observer, set by the adapter: send failures are metrics
         self._tasks: set[asyncio.Task[None]] = set()
         self._health: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._health is None and any(c.delivers for c in self.channels.values()):
+            self._stopping.clear()
             self._health = asyncio.create_task(self._health_loop(), name="challenge-health")
 
+    async def stop_probing(self, grace: float = 5.0) -> None:
+        """End the health loop; a probe in flight finishes first (bounded by ``grace``).
+
+        A probe is asked to stop, not cancelled: a cancel that lands while aiosmtplib is
+        connecting is swallowed by its ``wait_for`` on Python 3.11 and leaks the half-open socket.
+        """
+        task, self._health = self._health, None
+        if task is None:
+            return
+        self._stopping.set()
+        _, pending = await asyncio.wait({task}, timeout=grace)
+        if pending:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def aclose(self, grace: float = 5.0) -> None:
-        if self._health is not None:
-            self._health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health
-            self._health = None
+        await self.stop_probing(grace)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for t in pending:
@@ -395,12 +408,13 @@ class Challenges:
             log.exception("challenge delivery failed")
 
     async def _health_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.check_channels()
             except Exception:
                 log.exception("channel health check failed")
-            await asyncio.sleep(self.settings.channels.health_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.channels.health_interval)
 
     def _lang(self, accept_language: str) -> str:
         s = self.settings
