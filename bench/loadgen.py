@@ -21,11 +21,26 @@ are only millisecond-accurate and the latency budget being checked is 1 ms; the
 load generator is pinned to its own core, so the spinning costs nothing the
 measured server could have used.
 
+For load and soak tests (``bench/soak.py``) it also has:
+
+* ``--mix page=80,login=10,attack=10``: one process sends a blend of request kinds
+  to the URL's host (paths fixed: ``/page``, ``/contact``, ``/login``), and reports
+  statuses and latency per kind.  ``login`` is a good login from a new client and
+  account each time (as ``--vary``); ``attack`` is credential stuffing: wrong
+  passwords for ever-new victims from a rotating botnet (``X-Forwarded-For`` in
+  198.18.0.0/15, the benchmarking range of RFC 2544; each bot tries a few in a row).
+* ``--max-connections M`` (open loop): when every connection is busy, open another
+  one, up to M -- as new clients would arrive at an overloaded site -- instead of
+  queueing in the load generator, where the target would never see the overload.
+* ``--timeline S``: statuses and p50/p99 per S-second window (by scheduled time).
+
 Prints one JSON object on stdout; ``--human`` adds a summary on stderr.
 
   python bench/loadgen.py --url http://127.0.0.1:8081/page --connections 32 --duration 10
   python bench/loadgen.py --url http://127.0.0.1:8081/login --method POST \\
       --body 'user=alice&password=right' --rate 2000 --duration 10
+  python bench/loadgen.py --url http://127.0.0.1:8080/ --mix page=80,login=10,attack=10 \\
+      --rate 1500 --max-connections 2000 --duration 60 --timeline 10
 """
 
 from __future__ import annotations
@@ -33,12 +48,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import itertools
 import json
 import math
+import os
 import random
 import sys
 import time
+from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -56,19 +72,133 @@ def build_request(method: str, host: str, port: int, target: str, body: bytes, c
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+_SPREAD = 2654435761  # odd: i -> i * _SPREAD mod 2**24 visits every 24-bit number once
+
+
+class _Forms:
+    """Form POSTs built per request: a new X-Forwarded-For and body each time, from a counter."""
+
+    kind = 0
+
+    def __init__(self, method: str, host: str, port: int, target: str, content_type: str, seed: int) -> None:
+        self.head = (
+            f"{method} {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: loginguard-bench\r\n"
+            f"Content-Type: {content_type}\r\nX-Forwarded-For: "
+        ).encode("latin-1")
+        self.i = seed
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        self.i += 1
+        ip, body = self.client(self.i)
+        data = body.encode()
+        return self.head + f"{ip}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+
+    def client(self, i: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+class Vary(_Forms):
+    """Good logins, each from a new client and account (see wrk.lua's BENCH_VARY).
+
+    Addresses walk 10.0.0.0/8 in a scattered order (no address repeats within 16M requests,
+    consecutive ones land in different /24s), and every account has its own password
+    (``right-<n>``, which the bench upstream accepts): thousands of accounts sharing one
+    password is password spraying, which the guard would rightly challenge.  With a
+    ``population``, the same accounts come back (each from its own address), as a site's
+    returning users do; without one, every login is a new account.
+    """
+
+    population = 0
+
+    def client(self, i: int) -> tuple[str, str]:
+        n = ((i % self.population if self.population else i) * _SPREAD) & 0xFFFFFF
+        return f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}", f"user=user{n}&password=right-{n}"
+
+
+class Attack(_Forms):
+    """Credential stuffing: leaked pairs that fail, for ever-new victims, from a rotating botnet.
+
+    Bot addresses are in 198.18.0.0/15 (RFC 2544's benchmarking range); each bot sends
+    ``per_bot`` attempts in a row, then the next bot takes over, so the target keeps
+    seeing new sources (and bans them) instead of blocking one address forever.
+    """
+
+    per_bot = 8
+
+    def client(self, i: int) -> tuple[str, str]:
+        bot = (i // self.per_bot) % (1 << 17)
+        return f"198.{18 + (bot >> 16)}.{(bot >> 8) & 255}.{bot & 255}", f"user=victim{i}&password=wrong{i}"
+
+
 def vary_requests(
-    method: str, host: str, port: int, target: str, content_type: str, n: int = 4096
+    method: str, host: str, port: int, target: str, content_type: str, seed: int | None = None
 ) -> Iterator[bytes]:
-    """Logins from many clients and accounts (see wrk.lua's BENCH_VARY), prebuilt and cycled."""
-    rnd = random.Random(1)
-    pool = []
-    for _ in range(n):
-        ip = f"10.{rnd.randrange(1, 251)}.{rnd.randrange(256)}.{rnd.randrange(1, 255)}"
-        body = f"user=user{rnd.randrange(1, 1_000_000)}&password=right".encode()
-        head = build_request(method, host, port, target, body, content_type)
-        sep = head.index(b"\r\n") + 2
-        pool.append(head[:sep] + f"X-Forwarded-For: {ip}\r\n".encode() + head[sep:])
-    return itertools.cycle(pool)
+    """Good logins from many clients and accounts: see ``Vary``."""
+    return Vary(method, host, port, target, content_type, _seed(seed))
+
+
+def _seed(seed: int | None) -> int:
+    # A different start per run: repeated runs against one target do not replay the same clients.
+    return random.Random(seed if seed is not None else time.time_ns() ^ os.getpid()).randrange(1 << 24)
+
+
+MIX_KINDS = ("page", "contact", "login", "attack")
+
+
+class Mix:
+    """A blend of request kinds, interleaved evenly by weight; ``kind`` is the index of the last one."""
+
+    def __init__(
+        self, spec: dict[str, int], host: str, port: int, content_type: str, seed: int | None, population: int = 0
+    ) -> None:
+        self.names = [k for k in MIX_KINDS if spec.get(k)]
+        start = _seed(seed)
+        gets = {k: build_request("GET", host, port, f"/{k}", b"", content_type) for k in ("page", "contact")}
+        logins = Vary("POST", host, port, "/login", content_type, start)
+        logins.population = population
+        sources: dict[str, Iterator[bytes]] = {
+            "login": logins,
+            "attack": Attack("POST", host, port, "/login", content_type, start),
+        }
+        # A fixed schedule of 100 slots (smooth weighted round robin): kinds interleave evenly.
+        total = sum(spec[k] for k in self.names)
+        credit = dict.fromkeys(self.names, 0)
+        self.schedule: list[tuple[int, bytes | Iterator[bytes]]] = []
+        for _ in range(100):
+            for k in self.names:
+                credit[k] += spec[k]
+            pick = max(self.names, key=lambda k: credit[k])
+            credit[pick] -= total
+            self.schedule.append((self.names.index(pick), gets.get(pick) or sources[pick]))
+        self.pos = 0
+        self.kind = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        kind, req = self.schedule[self.pos]
+        self.pos = (self.pos + 1) % len(self.schedule)
+        self.kind = kind
+        return req if isinstance(req, bytes) else next(req)
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """``page=80,login=10,attack=10`` -> weights; unknown kinds or bad numbers are a usage error."""
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, weight = part.strip().partition("=")
+        if name not in MIX_KINDS or not weight.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"expected KIND=WEIGHT with KIND in {', '.join(MIX_KINDS)} (got {part!r})"
+            )
+        out[name] = int(weight)
+    if not any(out.values()):
+        raise argparse.ArgumentTypeError("all weights are 0")
+    return out
 
 
 def _header_value(head: bytes, name: bytes) -> bytes | None:
@@ -89,6 +219,13 @@ class Stats:
     connect_errors: int = 0
     read_errors: int = 0
     timeouts: int = 0
+    # per request, when kinds or a timeline are asked for: scheduled time, latency, service
+    # time (from the write), status (0: the connection died mid-request), kind
+    at_ns: array[int] = field(default_factory=lambda: array("q"))
+    lat_ns: array[int] = field(default_factory=lambda: array("q"))
+    svc_ns: array[int] = field(default_factory=lambda: array("q"))
+    status_of: array[int] = field(default_factory=lambda: array("h"))
+    kind_of: array[int] = field(default_factory=lambda: array("b"))
 
 
 class Conn(asyncio.Protocol):
@@ -112,6 +249,7 @@ class Conn(asyncio.Protocol):
         self.busy = False
         self.scheduled_ns = 0  # when the request was due (open loop) / sent (closed loop)
         self.sent_ns = 0
+        self.kind = 0  # of the request in flight (see Mix)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -187,7 +325,11 @@ class Conn(asyncio.Protocol):
         self.scheduled_ns = scheduled_ns
         self.sent_ns = time.perf_counter_ns()
         req = self.request
-        self.transport.write(req if isinstance(req, bytes) else next(req))
+        if isinstance(req, bytes):
+            self.transport.write(req)
+        else:
+            self.transport.write(next(req))
+            self.kind = getattr(req, "kind", 0)
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -204,8 +346,12 @@ class Conn(asyncio.Protocol):
 class Generator:
     """Shared bookkeeping of both modes: connections, stats, reconnects."""
 
-    def __init__(self, host: str, port: int, request: bytes, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, request: bytes | Iterator[bytes], timeout: float, detail: bool = False
+    ) -> None:
         self.host, self.port, self.request, self.timeout = host, port, request, timeout
+        self.detail = detail  # keep every request's (time, latency, status, kind) for kinds / timeline
+        self.origin_ns = time.perf_counter_ns()
         self.stats = Stats()
         self.conns: set[Conn] = set()
         self.recording = False
@@ -240,8 +386,18 @@ class Generator:
             self.stats.statuses[status] += 1
             self.stats.latencies_ns.append(now - conn.scheduled_ns)
             self.stats.service_ns.append(now - conn.sent_ns)
+            if self.detail:
+                self._detail(conn, now, status)
         if self.stopping and self.in_flight == 0:
             self.drained.set()
+
+    def _detail(self, conn: Conn, now: int, status: int) -> None:
+        s = self.stats
+        s.at_ns.append(conn.scheduled_ns - self.origin_ns)
+        s.lat_ns.append(now - conn.scheduled_ns)
+        s.svc_ns.append(now - conn.sent_ns)
+        s.status_of.append(status)
+        s.kind_of.append(conn.kind)
 
     def _response(self, conn: Conn, status: int) -> None:
         raise NotImplementedError
@@ -253,6 +409,8 @@ class Generator:
             self.in_flight -= 1
             if self._counts(conn):
                 self.stats.read_errors += 1
+                if self.detail:
+                    self._detail(conn, time.perf_counter_ns(), 0)
             if self.stopping and self.in_flight == 0:
                 self.drained.set()
         if not self.stopping:
@@ -298,6 +456,7 @@ class ClosedLoop(Generator):
                 self._send(conn)
         if warmup > 0:
             await asyncio.sleep(warmup)
+        self.origin_ns = time.perf_counter_ns()
         self.recording = True
         started = time.perf_counter()
         await asyncio.sleep(duration)
@@ -308,15 +467,31 @@ class ClosedLoop(Generator):
 
 
 class OpenLoop(Generator):
-    """Requests due every 1/rate s; each goes to an idle connection, or waits in a backlog."""
+    """Requests due every 1/rate s; each goes to an idle connection, or waits in a backlog.
 
-    def __init__(self, host: str, port: int, request: bytes, timeout: float) -> None:
-        super().__init__(host, port, request, timeout)
+    With ``max_connections`` above the pool size, a due request that finds no idle
+    connection also opens a new one (up to that many), so an overloaded target sees the
+    overload as clients arriving, not as a queue inside the load generator.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        request: bytes | Iterator[bytes],
+        timeout: float,
+        detail: bool = False,
+        max_connections: int = 0,
+    ) -> None:
+        super().__init__(host, port, request, timeout, detail)
         self.idle: list[Conn] = []
         self.backlog: deque[int] = deque()
         self.max_backlog = 0
         self.sent = 0
         self.window = (0, 0)
+        self.max_connections = max_connections
+        self.connecting = 0
+        self.peak_connections = 0
 
     def _counts(self, conn: Conn) -> bool:
         # By *scheduled* time, so the slowest requests of the window -- those still in
@@ -354,9 +529,22 @@ class OpenLoop(Generator):
     def _dispatch(self, scheduled_ns: int) -> None:
         if self.idle:
             self._send(self.idle.pop(), scheduled_ns)  # LIFO: reuse the warmest connection
+            return
+        self.backlog.append(scheduled_ns)
+        if len(self.conns) + self.connecting < self.max_connections:
+            self.connecting += 1
+            task = asyncio.get_running_loop().create_task(self._grow())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         else:
-            self.backlog.append(scheduled_ns)
             self.max_backlog = max(self.max_backlog, len(self.backlog))
+
+    async def _grow(self) -> None:
+        try:
+            await self._replace()
+        finally:
+            self.connecting -= 1
+            self.peak_connections = max(self.peak_connections, len(self.conns))
 
     async def run(self, connections: int, duration: float, warmup: float, rate: float) -> float:
         for conn in await asyncio.gather(*(self.connect() for _ in range(connections))):
@@ -365,6 +553,7 @@ class OpenLoop(Generator):
         interval_ns = 1e9 / rate
         start_ns = time.perf_counter_ns()
         record_from = start_ns + int(warmup * 1e9)
+        self.origin_ns = record_from
         end_ns = record_from + int(duration * 1e9)
         self.window = (record_from, end_ns)
         n = 0
@@ -395,11 +584,53 @@ def percentile(sorted_values: list[int], p: float) -> float:
     return sorted_values[rank - 1] / 1e6
 
 
-def summarize(values_ns: list[int]) -> dict[str, float]:
+def summarize(values_ns: list[int] | array[int]) -> dict[str, float]:
     values = sorted(values_ns)
     out = {f"p{p:g}".replace(".", "_"): percentile(values, p) for p in (50, 90, 99, 99.9)}
     out["max"] = values[-1] / 1e6 if values else math.nan
     out["mean"] = sum(values) / len(values) / 1e6 if values else math.nan
+    return out
+
+
+def _group(stats: Stats, indices: Iterator[int] | range) -> dict[str, Any]:
+    """Requests, statuses (0: connection died mid-request), latency and service time of some requests."""
+    lat: list[int] = []
+    svc: list[int] = []
+    statuses: Counter[int] = Counter()
+    for i in indices:
+        lat.append(stats.lat_ns[i])
+        svc.append(stats.svc_ns[i])
+        statuses[stats.status_of[i]] += 1
+    return {
+        "requests": len(lat),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "latency_ms": summarize(lat),
+        "service_ms": summarize(svc),
+    }
+
+
+def by_kind(stats: Stats, names: list[str]) -> dict[str, dict[str, Any]]:
+    n = len(stats.kind_of)
+    return {
+        name: _group(stats, (i for i in range(n) if stats.kind_of[i] == k)) for k, name in enumerate(names)
+    }
+
+
+def timeline(stats: Stats, bucket: float, names: list[str] | None) -> list[dict[str, Any]]:
+    """Per ``bucket`` seconds of scheduled time: all requests, and each kind when there are kinds."""
+    width = int(bucket * 1e9)
+    buckets: dict[int, list[int]] = {}
+    for i, at in enumerate(stats.at_ns):
+        buckets.setdefault(max(0, at) // width, []).append(i)
+    out = []
+    for b in sorted(buckets):
+        idx = buckets[b]
+        entry = {"t": b * bucket, **_group(stats, iter(idx))}
+        if names:
+            entry["kinds"] = {
+                name: _group(stats, (i for i in idx if stats.kind_of[i] == k)) for k, name in enumerate(names)
+            }
+        out.append(entry)
     return out
 
 
@@ -415,16 +646,23 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[int]]:
     request: bytes | Iterator[bytes] = build_request(
         args.method.upper(), host, port, target, args.body.encode(), args.content_type
     )
-    if args.vary:
-        request = vary_requests(args.method.upper(), host, port, target, args.content_type)
+    names: list[str] | None = None
+    if args.mix:
+        mix = Mix(args.mix, host, port, args.content_type, args.seed, args.population)
+        request, names = mix, mix.names
+    elif args.vary:
+        request = vary_requests(args.method.upper(), host, port, target, args.content_type, args.seed)
+    detail = bool(names or args.timeline)
     result: dict[str, Any] = {"url": args.url, "method": args.method.upper(), "connections": args.connections}
     if args.rate:
-        gen: Generator = OpenLoop(host, port, request, args.timeout)
+        gen: Generator = OpenLoop(host, port, request, args.timeout, detail, args.max_connections)
         assert isinstance(gen, OpenLoop)
         elapsed = await gen.run(args.connections, args.duration, args.warmup, args.rate)
         result.update(mode="open", target_rate=args.rate, max_backlog=gen.max_backlog)
+        if args.max_connections:
+            result["peak_connections"] = max(gen.peak_connections, args.connections)
     else:
-        gen = ClosedLoop(host, port, request, args.timeout)
+        gen = ClosedLoop(host, port, request, args.timeout, detail)
         assert isinstance(gen, ClosedLoop)
         elapsed = await gen.run(args.connections, args.duration, args.warmup)
         result["mode"] = "closed"
@@ -447,6 +685,11 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[int]]:
     )
     if args.rate:
         result["service_ms"] = summarize(s.service_ns)
+    if names:
+        result["mix"] = args.mix
+        result["kinds"] = by_kind(s, names)
+    if args.timeline:
+        result["timeline"] = timeline(s, args.timeline, names)
     return result, s.latencies_ns
 
 
@@ -460,6 +703,26 @@ def main() -> None:
     parser.add_argument(
         "--vary", action="store_true", help="logins from many clients (X-Forwarded-For) and accounts"
     )
+    parser.add_argument(
+        "--mix",
+        type=parse_mix,
+        metavar="KIND=W,...",
+        help=f"blend of request kinds ({', '.join(MIX_KINDS)}) to the URL's host; --url's path is ignored",
+    )
+    parser.add_argument("--seed", type=int, help="start of the --vary/--mix client sequence (default: random)")
+    parser.add_argument(
+        "--population", type=int, default=0, help="--mix logins: N returning accounts (default: every one new)"
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        metavar="M",
+        help="open loop: open more connections (up to M) when all are busy, instead of queueing here",
+    )
+    parser.add_argument(
+        "--timeline", type=float, default=0.0, metavar="S", help="also report statuses and latency per S s"
+    )
     parser.add_argument("--content-type", default="application/x-www-form-urlencoded")
     parser.add_argument(
         "--connections", type=int, default=32, help="closed loop: concurrency; open: pool size"
@@ -471,8 +734,10 @@ def main() -> None:
     parser.add_argument("--samples", help="write every measured latency (ns, one per line) to this file")
     parser.add_argument("--human", action="store_true", help="also print a summary on stderr")
     args = parser.parse_args()
-    if args.connections < 1 or args.duration <= 0 or args.rate < 0:
-        parser.error("--connections >= 1, --duration > 0, --rate >= 0")
+    if args.connections < 1 or args.duration <= 0 or args.rate < 0 or args.timeline < 0:
+        parser.error("--connections >= 1, --duration > 0, --rate >= 0, --timeline >= 0")
+    if args.max_connections and (not args.rate or args.max_connections < args.connections):
+        parser.error("--max-connections needs --rate and must be at least --connections")
     try:
         import uvloop
     except ImportError:

@@ -24,6 +24,10 @@ penalises all proxies alike; the ratios between proxies stay fair, while the rat
 to direct overstates proxy cost (the direct case has core 0 to itself).
 
   .venv/bin/python bench/run.py [--duration 10] [--connections 32] [--quick] [--json out.json]
+
+The pieces (process control, pinning, load generators, targets, the throughput and
+added-latency measurements, interference detection) are importable: ``bench/suite.py``
+and ``bench/soak.py`` build on them.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import os
 import platform
 import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -55,9 +60,15 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+if str(BENCH) not in sys.path:  # imported from elsewhere (tests, suite.py): the bench's modules
+    sys.path.insert(0, str(BENCH))
+
+from upstream import CONTACT_PII, CONTACT_SIZE, PAGE_SIZE  # noqa: E402
+
 SERVER_CORE = 0
 LOADGEN_CORE = 1
-TARGETS = ("direct", "baseline", "mitmproxy", "guard")
+TARGETS = ("direct", "baseline", "nginx", "mitmproxy", "guard")
+DEFAULT_TARGETS = ("direct", "baseline", "mitmproxy", "guard")
 OTHER_WARN = 0.05  # foreign CPU share of a core above which a row is flagged as disturbed
 SHIPPED_GUARD_CONFIGS = ("guard.yaml", "deploy/guard.yaml", "docs/guard.yaml", "examples/guard.yaml")
 
@@ -72,13 +83,18 @@ class Workload:
     expect_status: int = 200
     expect_bytes: int | None = None
     vary: bool = False   # logins from many clients and accounts through X-Forwarded-For
+    pii: tuple[str, ...] = ()  # values in the page that a PII-rewriting target must not let through
 
 
 WORKLOADS = (
-    Workload("page", "GET /page", "GET", "/page", expect_status=200, expect_bytes=8192),
+    Workload("page", "GET /page", "GET", "/page", expect_status=200, expect_bytes=PAGE_SIZE),
     Workload(
         "login", "POST /login", "POST", "/login", "user=alice&password=right", expect_status=302, vary=True
     ),
+)
+# The page the guard rewrites: phone, e-mail and user id in hidden fields (tokenized by default).
+CONTACT = Workload(
+    "contact", "GET /contact", "GET", "/contact", expect_status=200, expect_bytes=CONTACT_SIZE, pii=CONTACT_PII
 )
 FORM = "application/x-www-form-urlencoded"
 
@@ -276,8 +292,12 @@ def wait_http(url: str, spawned: Spawned, timeout: float) -> str | None:
     return f"not ready after {timeout:.0f}s ({last})"
 
 
-def probe(port: int, wl: Workload) -> dict[str, Any]:
-    """One request of the workload, to check the target answers it the way the upstream does."""
+def probe(port: int, wl: Workload, rewrites: bool = False) -> dict[str, Any]:
+    """One request of the workload, to check the target answers it the way the upstream does.
+
+    ``rewrites``: the target rewrites PII, so the workload's ``pii`` values must all be gone
+    (and the size may differ); otherwise they must all be there, byte for byte.
+    """
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
     try:
         headers = {"Content-Type": FORM} if wl.method == "POST" else {}
@@ -288,13 +308,21 @@ def probe(port: int, wl: Workload) -> dict[str, Any]:
         return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
     finally:
         conn.close()
-    ok = resp.status == wl.expect_status and (wl.expect_bytes is None or len(body) == wl.expect_bytes)
+    seen = sum(value.encode() in body for value in wl.pii)
+    size_ok = wl.expect_bytes is None or len(body) == wl.expect_bytes or (rewrites and wl.pii)
+    ok = resp.status == wl.expect_status and bool(size_ok)
     detail = f"{resp.status}, {len(body)} B"
     if not ok:
         detail += f" (expected {wl.expect_status}" + (
             f", {wl.expect_bytes} B)" if wl.expect_bytes is not None else ")"
         )
-    return {"ok": ok, "status": resp.status, "bytes": len(body), "detail": detail}
+    if wl.pii:
+        want = 0 if rewrites else len(wl.pii)
+        detail += f", PII {seen}/{len(wl.pii)} visible"
+        if seen != want:
+            ok = False
+            detail += f" (expected {want})"
+    return {"ok": ok, "status": resp.status, "bytes": len(body), "pii_visible": seen, "detail": detail}
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,6 +369,24 @@ class LoadGen:
         return proc.stdout, used
 
 
+# Appended to wrk.lua for the login workload: wrk.lua's BENCH_VARY gives every account the
+# same password, and one password tried against thousands of accounts is password spraying,
+# which the shipped rules challenge -- the run would then measure the challenge page, not a
+# login.  Real users have passwords of their own: ``right-<n>`` (the bench upstream accepts
+# ``right`` and ``right-*``), with the client address drawn from all of 10.0.0.0/8.
+WRK_VARY_OVERRIDE = """
+-- appended by bench/run.py: one password per account (see WRK_VARY_OVERRIDE there)
+if os.getenv("BENCH_VARY") then
+  function request()
+    local n = math.random(0, 16777215)
+    wrk.headers["X-Forwarded-For"] = string.format(
+      "10.%d.%d.%d", math.floor(n / 65536), math.floor(n / 256) % 256, n % 256)
+    return wrk.format(method, nil, wrk.headers, string.format("user=user%d&password=right-%d", n, n))
+  end
+end
+"""
+
+
 class Wrk(LoadGen):
     def __init__(self, pinning: Pinning, tmp: Path, exe: str) -> None:
         super().__init__(pinning, tmp)
@@ -356,12 +402,14 @@ class Wrk(LoadGen):
         if wl.vary:
             env["BENCH_VARY"] = "1"
         cmd = [self.exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
-        cmd += ["-s", str(BENCH / "wrk.lua"), f"http://127.0.0.1:{port}{wl.path}"]
+        cmd += ["-s", str(self.script(wl.vary)), f"http://127.0.0.1:{port}{wl.path}"]
         stdout, cpu = self._run(cmd, seconds + 30, env)
         line = next((ln for ln in stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
         if line is None:
             raise RuntimeError(f"wrk printed no result: {stdout[-300:]}")
         data = json.loads(line.removeprefix("BENCH_JSON "))
+        if not data["requests"]:
+            raise RuntimeError(f"no responses in {seconds} s: {data['errors']}")
         lat, err = data["latency_us"], data["errors"]
         elapsed = data["duration_us"] / 1e6
         return LoadResult(
@@ -376,6 +424,14 @@ class Wrk(LoadGen):
             statuses=None,
             loadgen_cpu_s=cpu,
         )
+
+    def script(self, vary: bool) -> Path:
+        if not vary:
+            return BENCH / "wrk.lua"
+        path = self.tmp / "wrk-vary.lua"
+        if not path.exists():
+            path.write_text((BENCH / "wrk.lua").read_text() + WRK_VARY_OVERRIDE)
+        return path
 
 
 class PyLoadGen(LoadGen):
@@ -438,6 +494,17 @@ class Running:
     port: int
     cpu_pid: int
     notes: list[str] = field(default_factory=list)
+    rewrites_pii: bool = False  # the guard: PII in hidden fields is tokenized
+    aux_pids: tuple[int, ...] = ()  # helpers on the server core whose CPU is ours too (Redis)
+    admin_port: int = 0  # the guard's admin listener (/healthz, /metrics)
+
+
+@dataclass(frozen=True)
+class GuardVariant:
+    """How to run the guard: store backend and worker count (Redis URL from ``Bench.redis_url``)."""
+
+    store: str = "memory"
+    workers: int = 1
 
 
 class TargetUnavailable(Exception):
@@ -445,11 +512,25 @@ class TargetUnavailable(Exception):
 
 
 class Bench:
+    """The upstream, and the targets in front of it: each started on demand and stopped after.
+
+    Guard variants (store backend, workers) are added with ``add_guard``; a Redis-backed
+    variant uses ``redis_url``, whose server's pid goes in ``redis_pid`` so its CPU is
+    counted as the target's own.
+    """
+
     def __init__(self, args: argparse.Namespace, tmp: Path, procs: Processes, pinning: Pinning) -> None:
         self.args, self.tmp, self.procs, self.pinning = args, tmp, procs, pinning
         self.upstream: Spawned | None = None
         self.up_port = 0
         self.patience = Patience(args.patience)
+        self.redis_url: str | None = None
+        self.redis_pid: int | None = None
+        self.guards: dict[str, GuardVariant] = {"guard": GuardVariant()}
+        self.on_guard_start: Callable[[str, GuardVariant], None] | None = None  # e.g. flush Redis
+
+    def add_guard(self, name: str, variant: GuardVariant) -> None:
+        self.guards[name] = variant
 
     # upstream ---------------------------------------------------------------------------------
     def start_upstream(self) -> None:
@@ -469,8 +550,11 @@ class Bench:
         if name == "direct":
             yield Running(self.up_port, self.upstream.pid)
             return
-        starter = {"baseline": self._baseline, "mitmproxy": self._mitmproxy, "guard": self._guard}[name]
-        spawned, running = starter()
+        if name in self.guards:
+            spawned, running = self._guard(name, self.guards[name])
+        else:
+            starter = {"baseline": self._baseline, "mitmproxy": self._mitmproxy, "nginx": self._nginx}[name]
+            spawned, running = starter()
         try:
             yield running
         finally:
@@ -496,19 +580,61 @@ class Bench:
         self._ready(spawned, f"http://127.0.0.1:{port}/health", 30, "mitmdump did not start")
         return spawned, Running(port, spawned.pid)
 
-    def _guard(self) -> tuple[Spawned, Running]:
+    def _nginx(self) -> tuple[Spawned, Running]:
+        exe = shutil.which("nginx") or next(
+            (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+        )
+        if exe is None:
+            raise TargetUnavailable("nginx not installed (apt-get install nginx)")
+        port = free_port()
+        prefix = self.tmp / "nginx"
+        prefix.mkdir(exist_ok=True)
+        conf = write_nginx_config(prefix, port, self.up_port)
+        # -e: its own error log from the first line on (not /var/log/nginx); -p: every relative path.
+        cmd = [exe, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log"), "-g", "daemon off;"]
+        spawned = self.procs.start("nginx", cmd)
+        self._ready(spawned, f"http://127.0.0.1:{port}/health", 15, "nginx did not start")
+        return spawned, Running(port, spawned.pid, ["1 worker process, keep-alive upstream pool of 64"])
+
+    def _guard(self, name: str = "guard", variant: GuardVariant | None = None) -> tuple[Spawned, Running]:
+        variant = variant or GuardVariant()
+        if variant.store == "redis" and not self.redis_url:
+            raise TargetUnavailable("no redis-server for the Redis store")
+        if self.on_guard_start is not None:
+            self.on_guard_start(name, variant)
         port, admin = free_port(), free_port()
-        cfg, notes = write_guard_config(self.args.guard_config, self.tmp, port, admin, self.up_port)
+        cfg, notes = write_guard_config(
+            self.args.guard_config,
+            self.tmp,
+            port,
+            admin,
+            self.up_port,
+            store=variant.store,
+            redis_url=self.redis_url,
+            name=name,
+        )
         # GUARD_* variables override config keys (listen, upstream, ...): keep them out.
         env = {k: v for k, v in os.environ.items() if not k.startswith("GUARD_")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-        spawned = self.procs.start("guard", [sys.executable, "-m", "guard", "run", "-c", str(cfg)], env)
+        cmd = [sys.executable, "-m", "guard", "run", "-c", str(cfg)]
+        if variant.workers > 1:
+            cmd += ["--workers", str(variant.workers)]
+            if variant.store == "memory":
+                cmd.append("--allow-split-state")
+                notes.append("--allow-split-state: each worker counts and bans on its own")
+        spawned = self.procs.start(name, cmd, env)
         self._ready(spawned, f"http://127.0.0.1:{admin}/healthz", 30, "guard did not start")
         err = wait_http(f"http://127.0.0.1:{port}/health", spawned, 10)
         if err:
             self.procs.stop(spawned)
             raise TargetUnavailable(f"guard did not pass /health through: {err}")
-        return spawned, Running(port, spawned.pid, notes)
+        if variant.workers > 1:
+            err = wait_workers(spawned, variant.workers, 20)
+            if err:
+                self.procs.stop(spawned)
+                raise TargetUnavailable(err)
+        aux = (self.redis_pid,) if variant.store == "redis" and self.redis_pid else ()
+        return spawned, Running(port, spawned.pid, notes, rewrites_pii=True, aux_pids=aux, admin_port=admin)
 
     def _ready(self, spawned: Spawned, url: str, timeout: float, what: str) -> None:
         err = wait_http(url, spawned, timeout)
@@ -517,6 +643,61 @@ class Bench:
             tail = " | ".join(ln.strip() for ln in spawned.log_tail(lines=3).splitlines() if ln.strip())
             self.procs.stop(spawned)
             raise TargetUnavailable(f"{what}: {err}" + (f": {tail}" if tail else ""))
+
+
+def wait_workers(spawned: Spawned, workers: int, timeout: float) -> str | None:
+    """Wait until the supervisor has ``workers`` children (the port answers as soon as one is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = [pid for pid, (ppid, _) in _proc_table().items() if ppid == spawned.pid]
+        if len(children) >= workers:
+            time.sleep(0.5)  # let the last one finish binding its listener
+            return None
+        time.sleep(0.1)
+    return f"guard did not start {workers} workers in {timeout:.0f} s"
+
+
+def write_nginx_config(prefix: Path, port: int, up_port: int) -> Path:
+    """A minimal reverse proxy: one worker, a keep-alive pool to the upstream, no access log.
+
+    Everything it writes (pid, logs, temp files) stays under ``prefix``.  Run as root, its
+    worker would switch to ``nobody``; ``user`` keeps it the current user instead.
+    """
+    import pwd
+
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix / (kind + '_temp')};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""{user}worker_processes 1;
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+{temp}
+    upstream bench_upstream {{
+        server 127.0.0.1:{up_port};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        keepalive_requests 100000;
+        location / {{
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"""
+    )
+    return conf
 
 
 FILE_KEYS = frozenset({"file", "cert", "key", "ca_bundle", "city", "asn", "hosting_asns"})
@@ -543,11 +724,23 @@ def _absolutize(node: Any, base: Path, key: str = "") -> Any:
 
 
 def write_guard_config(
-    explicit: str | None, tmp: Path, port: int, admin_port: int, up_port: int
+    explicit: str | None,
+    tmp: Path,
+    port: int,
+    admin_port: int,
+    up_port: int,
+    *,
+    store: str = "memory",
+    redis_url: str | None = None,
+    name: str = "guard",
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Path, list[str]]:
     """The shipped guard.yaml with only what the bench must change.
 
-    Changed: listen/upstream/admin addresses, the store (memory), the log destination
+    Written to ``tmp/<name>.yaml``, logging to ``tmp/<name>.log``; ``extra`` is merged in
+    last, one level deep (e.g. ``{"admin": {"token": ...}}``).
+
+    Changed: listen/upstream/admin addresses, the store (``store``), the log destination
     (a file in the temp dir: logging stays as shipped, request lines included, but the
     terminal must not be the bottleneck), TLS and PROXY protocol off (the load is plain
     HTTP), relative paths made absolute, and the login endpoint pointed at the bench
@@ -574,10 +767,17 @@ def write_guard_config(
     data["listen"] = f"127.0.0.1:{port}"
     data["upstream"] = f"http://127.0.0.1:{up_port}"
     data["admin"] = {**(data.get("admin") or {}), "listen": f"127.0.0.1:{admin_port}"}
-    if (data.get("store") or {}).get("backend", "memory") != "memory":
-        notes.append("store backend set to memory")
-    data["store"] = {**(data.get("store") or {}), "backend": "memory"}
-    data["log"] = {**(data.get("log") or {}), "file": str(tmp / "guard.log")}
+    if (data.get("store") or {}).get("backend", "memory") != store:
+        notes.append(f"store backend set to {store}")
+    data["store"] = {**(data.get("store") or {}), "backend": store}
+    if store == "redis":
+        if not redis_url:
+            raise TargetUnavailable("store redis needs a Redis URL")
+        data["store"]["url"] = redis_url
+        if not data.get("secret_key"):  # required with Redis (GUARD_SECRET_KEY is kept out, see _guard)
+            data["secret_key"] = secrets.token_hex(32)
+            notes.append("secret_key: a random one for this run (the Redis store requires it)")
+    data["log"] = {**(data.get("log") or {}), "file": str(tmp / f"{name}.log")}
     for key in ("tls", "proxy_protocol"):
         if data.pop(key, None):
             notes.append(f"{key} turned off")
@@ -603,7 +803,9 @@ def write_guard_config(
     # X-Forwarded-For.  From one untrusted IP, 30k logins a second would (rightly) be banned.
     data["trusted_proxies"] = ["127.0.0.1/32"]
     notes.append("trusted_proxies: [127.0.0.1/32] (logins come from many clients via X-Forwarded-For)")
-    path = tmp / "guard.yaml"
+    for key, value in (extra or {}).items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path, notes
 
@@ -649,11 +851,16 @@ def _disturbance(entry: dict[str, Any]) -> float:
 
 
 def measure_throughput(
-    bench: Bench, gen: LoadGen, name: str, running: Running, args: argparse.Namespace
+    bench: Bench,
+    gen: LoadGen,
+    name: str,
+    running: Running,
+    args: argparse.Namespace,
+    workloads: Iterable[Workload] = WORKLOADS,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"status": "ok", "notes": running.notes, "workloads": {}}
-    for wl in WORKLOADS:
-        entry: dict[str, Any] = {"probe": probe(running.port, wl)}
+    for wl in workloads:
+        entry: dict[str, Any] = {"probe": probe(running.port, wl, running.rewrites_pii)}
         try:
             gen.closed(running.port, wl, args.connections, args.warmup)  # warm-up, discarded
             best: dict[str, Any] | None = None
@@ -675,7 +882,7 @@ def measure_throughput(
         entry.update(status="ok", **best)
         # wrk cannot say which statuses it got: a probe after the flood shows whether the
         # target started to answer differently (a guard blocking the bench's address, say).
-        entry["probe_after"] = probe(running.port, wl)
+        entry["probe_after"] = probe(running.port, wl, running.rewrites_pii)
         out["workloads"][wl.key] = entry
     return out
 
@@ -686,16 +893,21 @@ def _closed_run(
     assert bench.upstream is not None
     cores0 = CoreTimes.now()
     cpu0, up0 = cpu_seconds(running.cpu_pid), cpu_seconds(bench.upstream.pid)
+    aux0 = sum(cpu_seconds(p) for p in running.aux_pids)
     res = gen.closed(running.port, wl, args.connections, args.duration)
     cpu1, up1 = cpu_seconds(running.cpu_pid), cpu_seconds(bench.upstream.pid)
+    aux1 = sum(cpu_seconds(p) for p in running.aux_pids)
     cores1 = CoreTimes.now()
     target_cpu = cpu1 - cpu0
     upstream_cpu = up1 - up0
-    server_cpu = target_cpu if name == "direct" else target_cpu + upstream_cpu
+    aux_cpu = aux1 - aux0
+    server_cpu = (target_cpu if name == "direct" else target_cpu + upstream_cpu) + aux_cpu
+    per_req = 1e6 / res.requests if res.requests else math.nan
     return {
         **asdict(res),
-        "cpu_us_per_req": target_cpu / res.requests * 1e6 if res.requests else math.nan,
-        "upstream_cpu_us_per_req": upstream_cpu / res.requests * 1e6 if res.requests else math.nan,
+        "cpu_us_per_req": target_cpu * per_req,
+        "upstream_cpu_us_per_req": upstream_cpu * per_req,
+        "aux_cpu_us_per_req": aux_cpu * per_req if running.aux_pids else None,
         "core0_util": server_cpu / res.duration,
         "loadgen_util": res.loadgen_cpu_s / res.duration,
         # CPU that other processes on the machine took from our cores during the run:
@@ -707,7 +919,11 @@ def _closed_run(
 
 
 def measure_added_latency(
-    bench: Bench, gen: PyLoadGen, results: dict[str, Any], args: argparse.Namespace
+    bench: Bench,
+    gen: PyLoadGen,
+    results: dict[str, Any],
+    args: argparse.Namespace,
+    candidates: Iterable[str] = ("direct", "baseline", "guard"),
 ) -> dict[str, Any]:
     """Open loop at half the guard's max rate, rounds interleaved across targets, samples pooled."""
     assert bench.upstream is not None
@@ -716,7 +932,7 @@ def measure_added_latency(
     if not max_rps:
         return {"status": "n/a", "reason": "no GET /page throughput for guard or baseline"}
     rate = max_rps / 2
-    names = [n for n in ("direct", "baseline", "guard") if results.get(n, {}).get("status") == "ok"]
+    names = [n for n in candidates if results.get(n, {}).get("status") == "ok"]
     per_round = max(1.0, args.duration / args.rounds)
     wl = WORKLOADS[0]
     samples: dict[str, list[int]] = {n: [] for n in names}
@@ -734,7 +950,7 @@ def measure_added_latency(
         for _ in range(args.rounds):
             for n, r in running.items():
                 path = bench.tmp / f"samples-{n}.txt"
-                pids = {r.cpu_pid, bench.upstream.pid}
+                pids = {r.cpu_pid, bench.upstream.pid, *r.aux_pids}
                 for attempt in range(1 + args.retries):
                     bench.patience.wait_quiet()
                     cores0, cpu0 = CoreTimes.now(), sum(cpu_seconds(p) for p in pids)
@@ -821,13 +1037,18 @@ def _rps(results: dict[str, Any], target: str, wl: str) -> float | None:
     return entry.get("rps") if entry.get("status") == "ok" else None
 
 
-def ratios(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+def ratios(
+    results: dict[str, Any], workloads: Iterable[Workload] = WORKLOADS
+) -> dict[str, dict[str, float | None]]:
     pairs = [("guard", "baseline"), ("guard", "mitmproxy"), ("guard", "direct"), ("baseline", "direct")]
     pairs += [("mitmproxy", "direct")]
+    if "nginx" in results:
+        pairs += [("guard", "nginx"), ("nginx", "direct")]
+    workloads = list(workloads)
     out: dict[str, dict[str, float | None]] = {}
     for a, b in pairs:
         row: dict[str, float | None] = {}
-        for wl in WORKLOADS:
+        for wl in workloads:
             x, y = _rps(results, a, wl.key), _rps(results, b, wl.key)
             row[wl.key] = x / y if x and y else None
         out[f"{a}/{b}"] = row
@@ -1018,7 +1239,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--loadgen", choices=("auto", "wrk", "python"), default="auto", help="closed-loop generator"
     )
-    p.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
+    p.add_argument(
+        "--targets", default=",".join(DEFAULT_TARGETS), help=f"subset of {','.join(TARGETS)} (nginx: opt-in)"
+    )
     p.add_argument(
         "--guard-config", help="guard.yaml to derive the guard's config from (default: shipped one)"
     )
