@@ -170,6 +170,7 @@ class Case:
     client_ip: str = "192.0.2.10"
     upstream_xff: str | None = None        # X-Forwarded-For the upstream gets (reverse mode)
     reverse: bool = True
+    upstream: tuple[tuple[str, tuple[str, ...]], ...] = ()  # more fields the upstream gets, all their values
 
 
 CASES = [
@@ -191,6 +192,14 @@ CASES = [
          upstream_xff=f"{BANNED}, 192.0.2.77, 10.0.0.5"),
     Case("regular proxy mode leaves headers alone", headers=(("X-Forwarded-For", "198.51.100.1"),),
          upstream_xff="198.51.100.1", reverse=False),
+    Case("forged host, proto and real IP replaced",  # (tflow's client connection is TLS: https)
+         headers=(("X-Forwarded-Host", "evil.test"), ("X-Forwarded-Proto", "gopher"), ("X-Real-IP", BANNED)),
+         upstream_xff="192.0.2.10",
+         upstream=(("X-Forwarded-Host", ("app.test",)), ("X-Forwarded-Proto", ("https",)), ("X-Real-IP", ()))),
+    Case("trusted hop: the other chain is the client's own, dropped", peer="10.0.0.5",
+         headers=(("X-Forwarded-For", "192.0.2.77"), ("Forwarded", f"for={BANNED}"), ("X-Forwarded-Proto", "https")),
+         client_ip="192.0.2.77", upstream_xff="192.0.2.77, 10.0.0.5",
+         upstream=(("X-Forwarded-Proto", ("https",)), ("X-Forwarded-Host", ("app.test",)))),
 ]
 
 
@@ -207,6 +216,8 @@ async def test_request_headers_phase(guard: Guard, case: Case) -> None:
         assert f.request.headers.get_all("X-Forwarded-For") == [case.upstream_xff]
         if case.reverse:
             assert "Forwarded" not in f.request.headers
+        for name, values in case.upstream:
+            assert tuple(f.request.headers.get_all(name)) == values, name
     else:
         assert f.response is not None and f.response.status_code == case.status
         assert f.request.stream is False  # mitmproxy cannot answer and stream the request at once

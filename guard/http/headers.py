@@ -11,38 +11,31 @@ Two threats shape them:
   do not trust, ``X-Forwarded-*``, ``Forwarded`` and the common "real IP"
   headers are dropped and rewritten, so a forged client IP never reaches the
   upstream (old services often believe the first ``X-Forwarded-For`` entry).
+  Which ones is decided in ``guard.forwarding``, shared with the mitmproxy addon.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-# RFC 9110 section 7.6.1 lists Connection, Proxy-Connection, Keep-Alive, TE,
-# Transfer-Encoding and Upgrade; RFC 9110 section 11.7 adds the Proxy-Auth pair
-# (they address the proxy, not the origin) and Trailer goes with TE.
-HOP_BY_HOP: frozenset[str] = frozenset({
-    "connection", "proxy-connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-    "te", "trailer", "transfer-encoding", "upgrade",
-})
+from guard.forwarding import FORWARDING, HOP_BY_HOP, Forwarding, added, dropped
 
-# Written by proxies, never by browsers: from an untrusted peer they are forgeries.
-FORWARDING: frozenset[str] = frozenset({
-    "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
-    "x-real-ip", "x-client-ip", "true-client-ip",
-})
+__all__ = [
+    "FORWARDING", "HOP_BY_HOP", "Forwarding", "connection_tokens", "readable_encodings", "request_headers",
+    "strip_hop_by_hop",
+]
 
 # Request fields the guard consumes or rewrites itself.  ``Expect: 100-continue``
 # is answered by the guard (RFC 9110 section 10.1.1), so it is not passed on.
 _REQUEST_DROP = HOP_BY_HOP | {"x-forwarded-for", "expect"}
 # (peer trusted, Host overridden) -> names not copied from the client
 _REQUEST_DROPS: dict[tuple[bool, bool], frozenset[str]] = {
-    (True, False): _REQUEST_DROP | {"forwarded"},
-    (True, True): _REQUEST_DROP | {"forwarded", "host"},
-    (False, False): _REQUEST_DROP | FORWARDING,
-    (False, True): _REQUEST_DROP | FORWARDING | {"host"},
+    (True, False): _REQUEST_DROP | dropped(True),
+    (True, True): _REQUEST_DROP | dropped(True) | {"host"},
+    (False, False): _REQUEST_DROP | dropped(False),
+    (False, True): _REQUEST_DROP | dropped(False) | {"host"},
 }
 _RESPONSE_DROP = HOP_BY_HOP
 
@@ -67,21 +60,6 @@ def _drop_set(headers: CIMultiDictProxy[str], base: frozenset[str]) -> frozenset
     return base if tokens <= base or tokens <= {"close", "keep-alive"} else base | tokens
 
 
-def _forwarded_node(ip: str) -> str:
-    # RFC 7239 section 6: IPv6 nodes are bracketed, and then must be quoted
-    return f'"[{ip}]"' if ":" in ip else ip
-
-
-class Forwarding(NamedTuple):
-    """What the guard knows about one request's hop, for the headers it writes."""
-
-    peer: str              # canonical address of whoever connected (PROXY source if any)
-    trusted: bool          # peer is in trusted_proxies: its forwarding headers are kept
-    scheme: str            # "http" or "https" on the public listener
-    host: str | None       # the Host the client asked for (None: it sent none)
-    header: str = "x-forwarded-for"  # the one header trusted proxies write (config.forwarded_header)
-
-
 def request_headers(
     incoming: CIMultiDictProxy[str], fwd: Forwarding, host_override: str | None
 ) -> list[tuple[str, str]]:
@@ -103,26 +81,7 @@ def request_headers(
             out.append((spelling.setdefault(lower, k), v))
     if host_override is not None:
         out.append(("Host", host_override))
-    if fwd.trusted:
-        # A trusted proxy's chain is kept and the hop that reached us appended,
-        # the de-facto X-Forwarded-For contract (right-most = nearest hop).
-        # Only the chain the trusted proxies write goes on; the other header is the client's own.
-        prior = ", ".join(incoming.getall("X-Forwarded-For", ())) if fwd.header == "x-forwarded-for" else ""
-        out.append(("X-Forwarded-For", f"{prior}, {fwd.peer}" if prior else fwd.peer))
-        forwarded = incoming.getall("Forwarded", ()) if fwd.header == "forwarded" else ()
-        if forwarded:
-            # RFC 7239 section 4: a proxy appends its element to the list
-            element = f"for={_forwarded_node(fwd.peer)};proto={fwd.scheme}"
-            out.append(("Forwarded", ", ".join((*forwarded, element))))
-        if "X-Forwarded-Proto" not in incoming:
-            out.append(("X-Forwarded-Proto", fwd.scheme))
-        if fwd.host is not None and "X-Forwarded-Host" not in incoming:
-            out.append(("X-Forwarded-Host", fwd.host))
-    else:
-        out.append(("X-Forwarded-For", fwd.peer))
-        out.append(("X-Forwarded-Proto", fwd.scheme))
-        if fwd.host is not None:
-            out.append(("X-Forwarded-Host", fwd.host))
+    out += added(fwd, lambda name: incoming.getall(name, ()))
     return out
 
 

@@ -45,9 +45,9 @@ from guard.clientip import TrustedProxies, forwarding_chains, normalize, parse_i
 from guard.config import Brand, Config, load_config
 from guard.engine import PASS, Action, Decision, Engine, RequestFacts, ResponseFacts
 from guard.engine.runtime import Runtime, build_runtime
+from guard.forwarding import Forwarding, added, dropped
 from guard.http.admin import AdminServer, Health, make_app
 from guard.http.adminapi import AdminDeps, install
-from guard.http.headers import FORWARDING
 from guard.http.pages import _PAGE_HEADERS, Pages, wants_json
 from guard.http.settings import MAX_TARPIT
 from guard.http.target import match_path
@@ -101,28 +101,17 @@ def page(pages: Pages, status: int, accept: str = "") -> http.Response:
     return http.Response.make(status, body.data, headers)
 
 
-def forwarding_headers(headers: http.Headers, peer: str, trusted: bool, scheme: str) -> None:
-    """What the upstream is told about the client, as ``guard.http.headers.request_headers`` does.
+def forwarding_headers(headers: http.Headers, fwd: Forwarding) -> None:
+    """What the upstream is told about the client: ``guard.forwarding`` decides, as for ``guard run``.
 
-    Old services often believe the first ``X-Forwarded-For`` entry, so from an
-    untrusted peer every forwarding header is replaced by what the guard saw; a
-    trusted hop's chain is kept and this hop appended (right-most = nearest).
+    Read before anything is dropped: a trusted hop's chain is extended, not restarted.
     """
-    if not trusted:
-        for name in FORWARDING:
-            if name in headers:
-                del headers[name]
-        headers["X-Forwarded-For"] = peer
-        headers["X-Forwarded-Proto"] = scheme
-        return
-    prior = ", ".join(headers.get_all("X-Forwarded-For"))
-    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    forwarded = headers.get_all("Forwarded")
-    if forwarded:  # RFC 7239 section 4: append this hop; IPv6 nodes are bracketed and quoted
-        node = f'"[{peer}]"' if ":" in peer else peer
-        headers["Forwarded"] = ", ".join((*forwarded, f"for={node};proto={scheme}"))
-    if "X-Forwarded-Proto" not in headers:
-        headers["X-Forwarded-Proto"] = scheme
+    extra = added(fwd, headers.get_all)
+    for name in dropped(fwd.trusted):
+        if name in headers:
+            del headers[name]
+    for name, value in extra:
+        headers.add(name, value)
 
 
 class GuardAddon:
@@ -409,7 +398,7 @@ class GuardAddon:
             if decision.action is Action.TARPIT and decision.delay > 0 and not decision.shadow:
                 await asyncio.sleep(min(decision.delay, MAX_TARPIT))
             if isinstance(flow.client_conn.proxy_mode, ReverseMode):
-                forwarding_headers(headers, peer, trusted, scheme)
+                forwarding_headers(headers, _forwarding(settings, facts))
             req.stream = True
 
     async def _login_phase(
@@ -432,7 +421,7 @@ class GuardAddon:
         if decision.action is Action.TARPIT and decision.delay > 0 and not decision.shadow:
             await asyncio.sleep(min(decision.delay, MAX_TARPIT))
         if isinstance(flow.client_conn.proxy_mode, ReverseMode):
-            forwarding_headers(flow.request.headers, facts.peer, _trusted(settings, facts.peer), facts.scheme)
+            forwarding_headers(flow.request.headers, _forwarding(settings, facts))
 
     # ---- helpers --------------------------------------------------------------------------------
 
@@ -490,6 +479,12 @@ def _trusted(settings: Settings, peer: str) -> bool:
         return False
     ip = parse_ip(peer)
     return ip is not None and ip in settings.trusted
+
+
+def _forwarding(settings: Settings, facts: RequestFacts) -> Forwarding:
+    """This hop, for the forwarding headers: the Host the client asked for, the chain the trusted hops write."""
+    return Forwarding(facts.peer, _trusted(settings, facts.peer), facts.scheme, facts.host or None,
+                      settings.config.forwarded_header)
 
 
 def _refusal_status(decision: Decision) -> int:
