@@ -282,7 +282,7 @@ def component_checks(comp: dict[str, Any]) -> list[dict[str, Any]]:
     v = (dec.get("memory") or {}).get("cpu_us_per_decision")
     add(f"CPU per login decision (memory store) <= {DECISION_US:g} us", v, " us", v is not None and v <= DECISION_US)
     v = (dec.get("redis") or {}).get("round_trips_per_decision")
-    add("Redis round trips per login decision == 1", v, "", v is not None and abs(v - REDIS_TRIPS) < 1e-9)
+    add("Redis round trips per forwarded login decision == 1", v, "", v is not None and abs(v - REDIS_TRIPS) < 1e-9)
     return checks
 
 
@@ -441,7 +441,8 @@ def component_lines(comp: dict[str, Any]) -> list[str]:
         if red:
             text += (
                 f"; Redis store: {red['cpu_us_per_decision']:.1f} us CPU, {red['wall_us_per_decision']:.1f} us "
-                f"wall, {red['round_trips_per_decision']:.2f} round trips"
+                f"wall, {_fmt(red.get('round_trips_per_decision'), '.2f')} round trips per forwarded login, "
+                f"{_fmt(red.get('round_trips_per_refusal'), '.2f')} per refusal (its side effects)"
             )
         lines.append(text + disturbed(res))
     elif res:

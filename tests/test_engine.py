@@ -317,3 +317,49 @@ async def test_memory_store_secret_survives_a_restart(tmp_path: Path) -> None:
     assert second._secret == key and len(key) >= 32
     assert (tmp_path / "state" / "secret.key").stat().st_mode & 0o777 == 0o600
     await second.close()
+
+
+CHALLENGE_ALL = """
+rules:
+  - id: always-2fa
+    description: every login needs a second factor
+    when: {login: true}
+    action: challenge
+"""
+
+
+@pytest.mark.parametrize("mode, counted", [("step_up", 0), ("before_upstream", 1)])
+async def test_a_challenged_login_counts_once_for_the_attack_detector(tmp_path: Path, mode: str, counted: int) -> None:
+    """Step-up forwards the login: its real outcome is counted by ``on_response``, not also as a failure.
+
+    Counted twice, every challenged right password would look like a failure too, and the
+    detector would hold the attack state longer than the attack.  Held before the upstream,
+    the attempt is never judged: it counts as a failure, as a block does.
+    """
+    import base64
+
+    key = base64.b64encode(b"c" * 32).decode()
+    extra = (
+        "attack: {enabled: true}\n"
+        f"challenge: {{keys: ['{key}'], mode: {mode}, channels: {{webhook: {{url: 'http://127.0.0.1:9/x', "
+        f"secret: '{'s' * 32}'}}}}}}\n"
+    )
+    (tmp_path / "rules.yaml").write_text(CHALLENGE_ALL)
+    text = (
+        "upstream: http://127.0.0.1:9\n"
+        f"rules: [{tmp_path / 'rules.yaml'}]\n"
+        "logins:\n  - {id: login, path: /login}\n"
+        f"state_dir: {tmp_path / 'state'}\n" + extra
+    )
+    store = MemoryStore("t:", 10_000, 1000)
+    eng = Engine(load_config_text(text, env={}), store, VirtualClock(), secret=b"k" * 32)
+    await eng.start()
+    try:
+        d, _ = await login(eng, "192.0.2.7", "alice")
+        assert d.action is Action.CHALLENGE
+        from guard.store.base import Count
+
+        [failures] = await store.execute([Count("atk:f:short", eng.config.attack.window)], eng.clock.now())
+        assert failures == counted
+    finally:
+        await eng.close()

@@ -616,6 +616,11 @@ class Engine:
             )
         return spiking
 
+    def _judged_upstream(self, decision: Decision) -> bool:
+        """A step-up challenge forwards the login: ``on_response`` counts its real outcome."""
+        ch = self.config.challenge
+        return decision.action is Action.CHALLENGE and ch is not None and ch.mode == "step_up"
+
     async def _apply(self, verdict: Verdict, ctx: Context) -> Decision:
         """Side effects of a verdict: bans (with escalation) and flags.  Skipped in shadow mode."""
         decision = verdict.decision
@@ -632,7 +637,7 @@ class Engine:
                     if key is not None:
                         ops.append(Put(key, r.id.encode(), r.flag.duration))
         a = self.config.attack
-        if a.enabled and ctx.login is not None and decision.action.blocks:
+        if a.enabled and ctx.login is not None and decision.action.blocks and not self._judged_upstream(decision):
             # A refused login is an attempt the upstream never judged: count it as a failure for
             # the attack detector, or the detector would calm down exactly because it works.
             ops.append(Hit("atk:f:short", a.window))
