@@ -7,6 +7,7 @@ problems, 2 the command itself was used wrongly or could not start.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 from collections.abc import Sequence
@@ -23,7 +24,8 @@ def _cmd_version(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        loop = f"uvloop {uvloop.__version__}"
+        loop = f"uvloop {importlib.metadata.version('uvloop')}"
+        del uvloop
     except ImportError:
         loop = "asyncio"
     print(f"loginguard {__version__} (Python {sys.version.split()[0]}, aiohttp {aiohttp.__version__}, {loop})")

@@ -220,11 +220,11 @@ def _supervise(config_path: Path, config: Config, workers: int) -> int:
     deadline: float | None = None
     while children:
         while pending:
-            sig = pending.pop(0)
+            received = pending.pop(0)
             for pid in list(children):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            if sig in (signal.SIGTERM, signal.SIGINT) and deadline is None:
+                    os.kill(pid, received)
+            if received in (signal.SIGTERM, signal.SIGINT) and deadline is None:
                 deadline = time.monotonic() + config.timeouts.shutdown_grace + 5
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)

@@ -126,7 +126,7 @@ class _Builder:
     def _scalar(self, node: yaml.Node) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             return self.build(node, ())
-        typed = self.loader.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+        typed = self.loader.construct_object(node, deep=True)
         if isinstance(typed, str) and "${" in typed:
             typed = self._interpolate(typed, node)
         return typed

@@ -50,7 +50,6 @@ from guard.store.base import (
     Incr,
     Op,
     Put,
-    PutNew,
     Store,
     StoreError,
     Take,
@@ -429,7 +428,8 @@ class Engine:
                 except (ValueError, TypeError):
                     hist = AccountHistory()
             hist.record_success(now, subnet, geo)
-            await self.store.execute([Put(f"acct:{account_key}", json.dumps(hist.to_json()).encode(), ACCOUNT_TTL)], now)
+            history = json.dumps(hist.to_json()).encode()
+            await self.store.execute([Put(f"acct:{account_key}", history, ACCOUNT_TTL)], now)
         except StoreError:
             log.warning("a released login's history was not stored: store unreachable")
         self.observer.exposure(ExposureEntry(
@@ -651,14 +651,14 @@ class Engine:
                 log.warning("could not store flags and detector counts: store unreachable")
         if decision.action is Action.BAN and rule is not None and rule.ban is not None:
             spec = rule.ban
-            subject = f"ip:{ctx.ip}" if spec.key == "ip" else f"net:{ctx.subnet}"
+            banned = f"ip:{ctx.ip}" if spec.key == "ip" else f"net:{ctx.subnet}"
             try:
-                (n,) = await self.store.execute([Incr(f"banhist:{subject}", self.config.bans.history)], ctx.now)
+                (n,) = await self.store.execute([Incr(f"banhist:{banned}", self.config.bans.history)], ctx.now)
                 seconds = spec.duration_for(int(n) - 1)
-                await self.ban(subject, seconds, rule.id)
+                await self.ban(banned, seconds, rule.id)
             except StoreError:
                 seconds = spec.duration
-                self.bans.put_pending(Ban(subject, ctx.now + seconds, rule.id, ctx.now))
+                self.bans.put_pending(Ban(banned, ctx.now + seconds, rule.id, ctx.now))
                 log.warning("ban kept locally only: store unreachable", extra={"rule": rule.id})
             return Decision(
                 Action.BAN, decision.reasons, status=403, ban_seconds=seconds,
