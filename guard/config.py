@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -27,6 +28,7 @@ from pydantic import (
 from guard.challenge.settings import ChallengeSettings, keys_from_env
 from guard.observe.settings import ObserveConfig
 from guard.pii.settings import PIIConfig
+from guard.rules.regex import compile_regex
 from guard.store.redisurl import parse_redis_url
 from guard.units import ByteSize, Duration, ListenAddress
 from guard.yamlsource import Located, Problem, SourceError, load_file, load_text, problems_from_validation
@@ -142,12 +144,8 @@ class Brand(_Model):
 
 
 def _regex(value: str) -> str:
-    import re
-
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    """Refused at load unless RE2 compiles it: these patterns see request paths and Location headers."""
+    compile_regex(value)   # ValueError with the reason; pydantic locates it
     return value
 
 
@@ -194,8 +192,9 @@ class LoginEndpoint(_Model):
     """A login form of the upstream: where it is, where the username is, how success looks."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    path: str = Field(description="path to match")
+    # match before path: the path's validator reads it, so a bad regex is located at the path's line
     match: Literal["exact", "prefix", "regex"] = "exact"
+    path: str = Field(description="path to match (regex: the whole path, on RE2)")
     methods: tuple[str, ...] = ("POST",)
     username: str = Field(
         "username", min_length=1,
@@ -209,6 +208,11 @@ class LoginEndpoint(_Model):
     )
     outcome: OutcomeConfig = OutcomeConfig()
     notify: bool = Field(True, description="tell the account owner of logins from a new device or place")
+
+    @field_validator("path")
+    @classmethod
+    def _path_regex(cls, v: str, info: ValidationInfo) -> str:
+        return _regex(v) if info.data.get("match") == "regex" else v
 
     @field_validator("methods")
     @classmethod
@@ -225,9 +229,7 @@ class LoginEndpoint(_Model):
         return v
 
     @model_validator(mode="after")
-    def _path_regex(self) -> LoginEndpoint:
-        if self.match == "regex":
-            _regex(self.path)
+    def _pointers(self) -> LoginEndpoint:
         from guard.engine.loginbody import parse_pointer
 
         for name in ("username", "password"):

@@ -2,15 +2,16 @@
 
 Exact paths are a dict lookup, so the common case (no login, or an exact login
 path) costs one hash per request; prefixes and regexes are tried only when
-configured.
+configured.  Regexes run on RE2 like the rules' (``guard.rules.regex``): every
+request path is matched against them, and the path is the attacker's.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 from guard.config import LoginEndpoint
+from guard.rules.regex import Matcher, compile_regex
 
 
 class LoginMatcher:
@@ -20,14 +21,14 @@ class LoginMatcher:
         self.endpoints = {ep.id: ep for ep in endpoints}
         self._exact: dict[str, list[LoginEndpoint]] = {}
         self._prefix: list[LoginEndpoint] = []
-        self._regex: list[tuple[re.Pattern[str], LoginEndpoint]] = []
+        self._regex: list[tuple[Matcher, LoginEndpoint]] = []
         for ep in self.endpoints.values():
             if ep.match == "exact":
                 self._exact.setdefault(ep.path, []).append(ep)
             elif ep.match == "prefix":
                 self._prefix.append(ep)
             else:
-                self._regex.append((re.compile(ep.path), ep))
+                self._regex.append((compile_regex(ep.path), ep))  # validated at config load
 
     def __bool__(self) -> bool:
         return bool(self.endpoints)

@@ -46,6 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from guard.config import OutcomeConfig
 from guard.engine.loginbody import MISSING, parse_header_value, parse_pointer, resolve_pointer, usable_charset
+from guard.rules.regex import Matcher, compile_regex
 
 BODY_PEEK = 65536
 """Bytes of a login response body the body signals may look at (AWS ATP reads 64 KB too)."""
@@ -71,8 +72,9 @@ class _Plan:
     """An OutcomeConfig compiled once: regexes compiled, the pointer parsed."""
 
     json_tokens: tuple[str, ...] | None
-    success_location: re.Pattern[str] | None
-    failure_location: re.Pattern[str] | None
+    # RE2 (linear time): Location often echoes the request path, i.e. the attacker's text
+    success_location: Matcher | None
+    failure_location: Matcher | None
 
 
 @functools.lru_cache(maxsize=256)
@@ -85,8 +87,8 @@ def _plan(cfg: OutcomeConfig) -> _Plan:
             tokens = None  # config validation should reject it; here the signal is just never present
     return _Plan(
         tokens,
-        re.compile(cfg.success_location) if cfg.success_location else None,
-        re.compile(cfg.failure_location) if cfg.failure_location else None,
+        compile_regex(cfg.success_location) if cfg.success_location else None,
+        compile_regex(cfg.failure_location) if cfg.failure_location else None,
     )
 
 

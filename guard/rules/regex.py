@@ -1,11 +1,12 @@
 """Rule regexes on a linear-time engine (RE2), so no request can make a pattern backtrack for ever.
 
 The strings rules match (path, headers, User-Agent, AS organisation) come from
-the attacker.  Python's ``re`` backtracks: a pattern such as ``(a+)+$`` takes
-time exponential in the input, and the input cut at ``MAX_MATCH_INPUT`` (2048
-characters) does not save it (40 characters already take minutes).  RE2 runs
-in time linear in the input for every pattern it accepts, so the bound holds
-whatever the rule author wrote.
+the attacker, and so do the request paths ``match: regex`` login endpoints see and
+the ``Location`` headers outcome patterns see (upstreams echo the path into them).
+Python's ``re`` backtracks: a pattern such as ``(a+)+$`` takes time exponential in
+the input, and the input cut at ``MAX_MATCH_INPUT`` (2048 characters) does not save
+it (40 characters already take minutes).  RE2 runs in time linear in the input
+for every pattern it accepts, so the bound holds whatever the rule author wrote.
 
 RE2 leaves out the features that need backtracking: backreferences (``\\1``),
 lookahead and lookbehind, atomic groups and possessive quantifiers, and a few
@@ -24,12 +25,14 @@ import re2  # type: ignore[import-untyped]  # google-re2: no type information sh
 
 
 class Matcher(Protocol):
-    """What a rule condition needs of a compiled pattern."""
+    """What a rule condition (``search``) or a login path (``fullmatch``) needs of a compiled pattern."""
 
     @property
     def pattern(self) -> str: ...
 
     def search(self, text: str) -> object | None: ...
+
+    def fullmatch(self, text: str) -> object | None: ...
 
 
 _OPTIONS = re2.Options()
