@@ -52,12 +52,14 @@ def holds_on(store: Store, ring: KeyRing | None = None, **kw: Any) -> Holds:
     return Holds(store, Sealer(ring or KeyRing([KEY])), **opts)
 
 
-async def create(h: Holds, armed: bool = True, message: HeldMessage = SUCCESS, now: float = T0) -> Created:
+async def create(
+    h: Holds, armed: bool = True, message: HeldMessage = SUCCESS, now: float = T0, account: str = "acct1"
+) -> Created:
     return await h.create(
         mode=Mode.STEP_UP,
         armed=armed,
         login_id="alice@example.com",
-        account_key="acct1",
+        account_key=account,
         channel="email",
         lang="en",
         client_ip="198.51.100.7",

@@ -182,15 +182,24 @@ async def test_import_file(tmp_path: Path) -> None:
     assert await e.check(alice, totp(SEEDS["sha1"], NOW), NOW, commit=True)
 
 
-async def test_self_enrolment_with_qr() -> None:
-    e = enrolments(MemoryStore(), issuer="Example Support")
-    uri, svg = await e.begin("acct", "alice@example.com", NOW)
+async def test_self_enrolment_confirm(store: Store) -> None:
+    """The app's first code enrols its secret; that code is spent, and an existing app is never replaced."""
+    e = enrolments(store, issuer="Example Support")
+    secret = new_secret()
+    uri = provisioning_uri(secret, "alice@example.com", e.settings)
     assert uri.startswith("otpauth://totp/Example%20Support:alice%40example.com?secret=")
-    assert svg.startswith("<svg") and "<script" not in svg
-    secret = uri.split("secret=")[1].split("&")[0]
-    assert not await e.confirm("acct", "000000" if totp(decode_secret(secret), NOW) != "000000" else "1", NOW)
-    assert await e.confirm("acct", totp(decode_secret(secret), NOW), NOW)
+    svg = qr_svg(uri)
+    assert svg.startswith("<svg") and "<script" not in svg and "href" not in svg
+    code = totp(decode_secret(secret), NOW)
+    assert not await e.confirm("acct", secret, f"{(int(code) + 1) % 10**6:06d}", NOW)
+    assert not await e.enrolled("acct", NOW)
+    assert await e.confirm("acct", secret, code, NOW)
     assert await e.enrolled("acct", NOW)
+    assert not await e.check("acct", code, NOW, commit=True)  # the confirming code cannot log in too
+    assert await e.check("acct", totp(decode_secret(secret), NOW + 30), NOW + 30, commit=True)
+    other = new_secret()
+    assert not await e.confirm("acct", other, totp(decode_secret(other), NOW), NOW)  # no replacing
+    assert await e.check("acct", totp(decode_secret(secret), NOW + 60), NOW + 60, commit=True)
 
 
 def test_provisioning_uri_matches_pyotp() -> None:

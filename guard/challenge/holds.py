@@ -19,11 +19,21 @@ re-rendered login form) look alike.
 
 Keys (all opaque; the hold id is URL-safe base64, so never ``{`` or ``}``):
 ``ch:h:<id>`` sealed hold, ``ch:c:<id>`` code record, ``ch:t:<id>`` tries,
-``ch:r:<id>`` resends.  A code record is separate from the hold so a resend
-replaces it without rewriting the hold: the store has no compare-and-set,
-and rewriting the hold could resurrect one another instance just took.
+``ch:r:<id>`` resends, ``ch:ag:<account>`` the account's guess budget.  A
+code record is separate from the hold so a resend replaces it without
+rewriting the hold: the store has no compare-and-set, and rewriting the hold
+could resurrect one another instance just took.
 Single use comes from ``Take``: of two instances accepting the same code at
 once, exactly one gets the blob.
+
+**Guesses per account.**  ``max_tries`` bounds one hold, but anyone can open
+many holds for one account.  So every attempt also spends from the account's
+budget (``guesses``, a fixed window shared by all its holds and instances),
+taken with ``Incr`` *before* the code is compared, so parallel attempts cannot
+all slip under it; a passed attempt gives its unit back, so only wrong codes
+stay counted.  Over budget, no code passes, and the attempt answers exactly as
+a wrong one would (``locked`` tells the caller to flag the source).  Unarmed
+holds spend alike: the budget must not become a password oracle.
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ from guard.challenge import codes
 from guard.challenge.codes import CodeRecord
 from guard.challenge.keys import KID_BYTES, MAC_BYTES, KeyRing, b64d, b64e
 from guard.challenge.sealed import HeldMessage, Sealer, SealError
-from guard.store.base import Delete, Get, Incr, Put, Store, Take
+from guard.challenge.settings import Limit
+from guard.store.base import Delete, Get, Incr, Op, Put, Store, Take
 
 log = logging.getLogger("guard.challenge.holds")
 
@@ -63,6 +74,10 @@ class Verdict(StrEnum):
     EXPIRED = "expired"  # no such hold: expired, used, destroyed, or never issued
     RESENT = "resent"  # a new code record was written
     RESEND_LIMITED = "resend_limited"
+    # the authenticator-app offer after a passed code (guard.challenge.offers)
+    ENROLLED = "enrolled"  # the app is set up; release the parked answer
+    ENROL_SKIPPED = "enrol_skipped"  # no app; release the parked answer
+    ENROL_WRONG = "enrol_wrong"  # not the app's code: the offer is shown again
 
 
 def valid_hold_id(hold_id: str) -> bool:
@@ -141,6 +156,7 @@ class Result:
     tries_left: int = 0
     hold: Hold | None = None  # the hold (PASSED: to release; EXHAUSTED: whom it was for, for scoring)
     code: str | None = None  # RESENT on an armed hold: the new code to deliver
+    locked: bool = False  # the account's guess budget is spent: shown as ``verdict``, but flag the source
 
 
 class SecondCheck(Protocol):
@@ -153,6 +169,7 @@ class Holds:
     __slots__ = (
         "code_ttl",
         "digits",
+        "guesses",
         "hold_ttl",
         "max_resends",
         "max_tries",
@@ -173,6 +190,7 @@ class Holds:
         max_tries: int,
         max_resends: int,
         second: dict[str, SecondCheck] | None = None,
+        guesses: Limit | None = None,
     ) -> None:
         self.store = store
         self.sealer = sealer
@@ -183,6 +201,7 @@ class Holds:
         self.max_tries = max_tries
         self.max_resends = max_resends
         self.second = second or {}
+        self.guesses = guesses  # None: per-hold tries only (the service always sets it)
 
     # ---- browser binding ----------------------------------------------------------------------
 
@@ -282,33 +301,40 @@ class Holds:
         if tries > self.max_tries:  # a racing instance already used the last try
             await self._destroy(hold_id, now)
             return Result(Verdict.EXHAUSTED, hold=hold)
+        within = True
+        budget = self.guesses
+        if budget is not None:
+            (spent,) = await self.store.execute([Incr(_account(hold.account_key), budget.window)], now)
+            within = isinstance(spent, int) and spent <= budget.count
         record = CodeRecord.decode(raw_record) if raw_record is not None else None
         live = record is not None and record.expires > now
         second = self.second.get(hold.channel)
         if second is not None:
-            ok = await second.check(hold.account_key, typed, now, commit=hold.armed)
+            # Over budget: the same read and HMACs, but nothing is claimed (commit=False is always False).
+            ok = await second.check(hold.account_key, typed, now, commit=hold.armed and within)
             live = True  # the app's code does not expire with our record
         else:
             # No record (expired): digest against a throwaway one, so the work is the same.
             probe = record if record is not None else _DUMMY_RECORD
             ok = codes.matches(self.ring, hold_id, probe, typed) and record is not None
-        if ok and live and hold.armed:
-            taken, *_ = await self.store.execute(
-                [
-                    Take(_k("h", hold_id)),
-                    Delete(_k("c", hold_id)),
-                    Delete(_k("t", hold_id)),
-                    Delete(_k("r", hold_id)),
-                ],
-                now,
-            )
+        if ok and live and hold.armed and within:
+            release: list[Op] = [
+                Take(_k("h", hold_id)),
+                Delete(_k("c", hold_id)),
+                Delete(_k("t", hold_id)),
+                Delete(_k("r", hold_id)),
+            ]
+            if budget is not None:  # a right code is not a guess: its unit goes back
+                release.append(Incr(_account(hold.account_key), budget.window, -1))
+            taken, *_ = await self.store.execute(release, now)
             if taken is None:  # another instance released it first: single use
                 return Result(Verdict.EXPIRED)
             return Result(Verdict.PASSED, hold=hold)
         if tries >= self.max_tries:
             await self._destroy(hold_id, now)
-            return Result(Verdict.EXHAUSTED, hold=hold)
-        return Result(Verdict.WRONG if live else Verdict.CODE_EXPIRED, self.max_tries - tries, hold)
+            return Result(Verdict.EXHAUSTED, hold=hold, locked=not within)
+        verdict = Verdict.WRONG if live else Verdict.CODE_EXPIRED
+        return Result(verdict, self.max_tries - tries, hold, locked=not within)
 
     async def discard(self, hold_id: str, now: float) -> None:
         """Forget a hold (the user signed in again, an operator cleared it)."""
@@ -345,3 +371,8 @@ def padded_size(n: int) -> int:
 
 def _k(kind: str, hold_id: str) -> str:
     return f"ch:{kind}:{hold_id}"
+
+
+def _account(account_key: str) -> str:
+    """The account's guess budget: one counter for all its holds, on every instance."""
+    return f"ch:ag:{account_key}"

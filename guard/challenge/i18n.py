@@ -80,6 +80,19 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "forbidden": "This page has expired. Please sign in again.",
         "restart": "Sign in again",
         "no_code": "Didn't get a code? Check your spam folder, or contact support.",
+        # the authenticator-app offer, right after a passed challenge
+        "enrol.heading": "Set up an authenticator app",
+        "enrol.intro": "You are verified. Next time you can use an authenticator app instead of waiting for "
+        "a code: scan this QR code with the app, then enter the {digits}-digit code it shows.",
+        "enrol.qr": "QR code to scan with your authenticator app",
+        "enrol.manual": "Cannot scan it? Enter this key in the app instead:",
+        "enrol.label": "Code from the app",
+        "enrol.hint": "Skipping signs you in without setting up the app.",
+        "enrol.submit": "Set up",
+        "enrol.skip": "Skip for now",
+        "enrol.wrong": "That code is not right. Check the app and try again ({tries} more time(s)).",
+        "enrol.too_many": "Too many wrong codes: the app was not set up. You can continue to sign in.",
+        "enrol.continue": "Continue",
         # e-mail and notifications
         "mail.subject": "{brand}: your verification code",
         "mail.body": "Your verification code is:\n\n    {code}\n\nIt is valid for {minutes} minutes.\n\n",
@@ -122,6 +135,18 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "restart": "もう一度ログインする",
         "no_code": "コードが届かない場合は、迷惑メールフォルダをご確認いただくか、"
         "サポートにお問い合わせください。",
+        "enrol.heading": "認証アプリの設定",
+        "enrol.intro": "本人確認が完了しました。次回からはコードを待たずに認証アプリを使えます。"
+        "この QR コードをアプリで読み取り、表示された {digits} 桁のコードを入力してください。",
+        "enrol.qr": "認証アプリで読み取る QR コード",
+        "enrol.manual": "読み取れない場合は、次のキーをアプリに入力してください:",
+        "enrol.label": "アプリのコード",
+        "enrol.hint": "スキップすると、アプリを設定せずにログインします。",
+        "enrol.submit": "設定する",
+        "enrol.skip": "今はスキップ",
+        "enrol.wrong": "コードが正しくありません。アプリを確認してもう一度入力してください(あと {tries} 回)。",
+        "enrol.too_many": "誤ったコードが多すぎるため、アプリは設定されませんでした。このままログインできます。",
+        "enrol.continue": "続ける",
         "mail.subject": "{brand}: 確認コード",
         "mail.body": "確認コード:\n\n    {code}\n\n有効期限は {minutes} 分です。\n\n",
         "mail.verified": "たった今、あなたのパスワードでアカウントへのログインがありました。"

@@ -139,7 +139,9 @@ background:{color};color:{on};cursor:pointer}}
 button.secondary{{background:#fff;color:#1f2328;border-color:#59636e}}
 :focus-visible{{outline:3px solid #0b57d0;outline-offset:2px}}
 .alert{{padding:.75rem;border-left:4px solid #b3261e;background:#fdecea;color:#5f1410;margin:1rem 0}}
-.hint,footer{{font-size:.875rem;color:#59636e}} footer{{margin-top:1.5rem}} a{{color:#0b57d0}}"""
+.hint,footer{{font-size:.875rem;color:#59636e}} footer{{margin-top:1.5rem}} a{{color:#0b57d0}}
+.qr{{margin:1rem 0;width:max-content;max-width:100%}} .qr svg{{display:block;max-width:100%;height:auto}}
+code.key{{font:1rem/1.5 ui-monospace,"SFMono-Regular",Menlo,monospace;word-spacing:.3em;overflow-wrap:anywhere}}"""
 
 
 class Pages:
@@ -204,17 +206,7 @@ class Pages:
 
     def _html(self, view: View, lang: str) -> bytes:
         e = html.escape
-        b = self.brand
-        title = e(i18n.text(lang, "heading"))
-        parts = [
-            f'<!doctype html>\n<html lang="{e(lang)}"><head><meta charset="utf-8">\n'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            '<meta name="robots" content="noindex">\n'
-            f"<title>{title} - {e(b.title)}</title>\n<style>{self._css}</style></head>\n<body><main>\n"
-        ]
-        if b.logo:
-            parts.append(f'<img src="{e(b.logo)}" alt="{e(b.name)}">\n')
-        parts.append(f"<h1>{title}</h1>\n")
+        parts: list[str] = []
         message = self._message(view, lang)
         if view.state in _WITH_FORM:
             parts.append(f"<p>{e(self._intro(view, lang))}</p>\n")
@@ -246,9 +238,27 @@ class Pages:
                 f'<p class="alert" role="alert">{e(message)}</p>\n'
                 f'<p><a href="{e(self.restart)}">{e(i18n.text(lang, "restart"))}</a></p>\n'
             )
+        return self.frame(lang, i18n.text(lang, "heading"), "".join(parts))
+
+    def frame(self, lang: str, heading: str, inner: str) -> bytes:
+        """A whole page around ``inner`` (HTML the caller escaped): head, logo, heading, support footer.
+
+        Shared by every page of the challenge (the enrolment offer too), so brand,
+        CSP-compatible styling and accessibility live in one place.
+        """
+        e = html.escape
+        b = self.brand
+        title = e(heading)
+        logo = f'<img src="{e(b.logo)}" alt="{e(b.name)}">\n' if b.logo else ""
         support = f"{e(b.support)}<br>" if b.support else ""
-        parts.append(f"<footer>{support}{e(b.name)}</footer>\n</main></body></html>\n")
-        return "".join(parts).encode()
+        return (
+            f'<!doctype html>\n<html lang="{e(lang)}"><head><meta charset="utf-8">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            '<meta name="robots" content="noindex">\n'
+            f"<title>{title} - {e(b.title)}</title>\n<style>{self._css}</style></head>\n<body><main>\n"
+            f"{logo}<h1>{title}</h1>\n{inner}"
+            f"<footer>{support}{e(b.name)}</footer>\n</main></body></html>\n"
+        ).encode()
 
 
 def wants_json(accept: str) -> bool:

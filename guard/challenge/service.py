@@ -6,7 +6,9 @@
 - ``before_upstream(login, request)``: hold the request, return the interstitial.
 - ``answer(form, cookies, ...)`` for a POST to ``settings.path``: verify or resend;
   on success the held message comes back to be sent (step-up) or forwarded
-  once (before_upstream).
+  once (before_upstream).  With ``channels.totp.self_enrol``, a passed step-up
+  code first answers with the authenticator-app offer (``offers``); the same
+  path then takes its "set up" or "skip" and releases the answer the same way.
 - ``notify_login(...)`` and ``device(...)`` for notifications and trusted devices.
 
 Codes are delivered by background tasks, after ``dispatch_delay``: a send
@@ -30,9 +32,9 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from guard.challenge import i18n, ratelimit
+from guard.challenge import enrolpage, i18n, ratelimit
 from guard.challenge.channels import Channel, Deps, Recipient, SendContext, build_channels
-from guard.challenge.channels.totp import Enrolments, record_key
+from guard.challenge.channels.totp import Enrolments, new_secret, provisioning_uri, qr_svg, record_key
 from guard.challenge.devices import (
     DeviceCheck,
     Devices,
@@ -40,9 +42,11 @@ from guard.challenge.devices import (
     binding_cookie_name,
     clear_binding_cookie,
 )
+from guard.challenge.enrolpage import EnrolState, EnrolView
 from guard.challenge.holds import Hold, Holds, Mode, Verdict
 from guard.challenge.keys import KeyRing
 from guard.challenge.notify import render_notice
+from guard.challenge.offers import Offer, Offers
 from guard.challenge.pages import Page, Pages, State, View, wants_json
 from guard.challenge.sealed import HeldMessage, Sealer
 from guard.challenge.settings import ChallengeSettings
@@ -71,7 +75,10 @@ class Answer:
     Exactly one of ``page`` (show it) and ``released`` (the held message) is set.
     With ``released``: in step-up mode send it to the client as the upstream's
     answer, adding ``set_cookies``; in before_upstream mode forward it to the
-    upstream once and add ``set_cookies`` to the upstream's answer.
+    upstream once, add ``set_cookies`` to the upstream's answer, and add
+    ``if_accepted`` too only when the upstream accepted the login (the trusted-
+    device cookie: the code proved the second factor, not the password).
+    When ``flag_source``, score the client like one that exhausted a hold.
     """
 
     verdict: Verdict | None
@@ -81,6 +88,13 @@ class Answer:
     set_cookies: tuple[str, ...] = ()
     account_key: str | None = None  # EXHAUSTED: score the source; PASSED: the ledger
     login_id: str | None = None     # PASSED: the login id, for the engine's history and ledger (never logged)
+    locked: bool = False  # the account's guess budget is spent (the page says "wrong code")
+    if_accepted: tuple[str, ...] = ()
+
+    @property
+    def flag_source(self) -> bool:
+        """The client spent a hold's tries or the account's guess budget: flag it (``flagged: ip`` rules)."""
+        return self.verdict is Verdict.EXHAUSTED or self.locked
 
 
 class Challenges:
@@ -110,7 +124,10 @@ class Challenges:
             max_tries=s.max_tries,
             max_resends=s.max_resends,
             second={"totp": self.enrolments} if "totp" in self.channels else None,
+            guesses=s.account_guesses,
         )
+        self.offers = Offers(store, self.sealer, ttl=s.channels.totp.self_enrol_ttl, max_tries=s.max_tries)
+        self.self_enrol = s.channels.totp.self_enrol and "totp" in self.channels
         self.pages = Pages(s.brand, s.path, s.restart_path, s.code_digits, max(1, int(s.code_ttl // 60)))
         self.devices = Devices(self.ring, s.devices)
         self.healthy: dict[str, bool] = {name: True for name in self.channels}
@@ -248,10 +265,13 @@ class Challenges:
         accept_language: str = "",
         secure: bool = False,
     ) -> Answer:
-        """A POST of the code form (fields ``hold``, ``csrf``, ``code``, ``op`` = verify | resend)."""
+        """A POST of the code form (``hold``, ``csrf``, ``code``, ``op`` = verify | resend) or of the
+        authenticator-app offer (``offer``, ``csrf``, ``code``, ``op`` = enrol | skip)."""
         now = self.clock.now()
         lang = self._lang(accept_language)
         want_json = wants_json(accept)
+        if "offer" in form:
+            return await self._finish_offer(form, cookies, now, lang, want_json, secure)
         hold_id, csrf = form.get("hold", ""), form.get("csrf", "")
         if not self.holds.csrf_ok(hold_id, cookies.get(binding_cookie_name(secure), ""), csrf):
             return Answer(None, self.pages.render(View(State.FORBIDDEN, lang), want_json))
@@ -288,17 +308,17 @@ class Challenges:
         r = await self.holds.attempt(hold_id, form.get("code", ""), now)
         if r.verdict is Verdict.PASSED and r.hold is not None:
             self.stats["passed"] += 1
-            cookies_out = [clear_binding_cookie(secure)]
-            if self.settings.devices.enabled:
-                cookies_out.append(self.devices.issue(r.hold.account_key, now, secure))
-            return Answer(
-                r.verdict,
-                released=r.hold.message,
-                mode=r.hold.mode,
-                set_cookies=tuple(cookies_out),
-                account_key=r.hold.account_key,
-                login_id=r.hold.login_id,
-            )
+            hold = r.hold
+            if (
+                self.self_enrol
+                and hold.mode is Mode.STEP_UP  # before_upstream: the password is not known to be right
+                and hold.channel != "totp"
+                and not await self.enrolments.enrolled(hold.account_key, now)
+            ):
+                return await self._offer(hold, now, lang, want_json, secure)
+            return self._release(r.verdict, hold.message, hold.mode, hold.account_key, hold.login_id, now, secure)
+        if r.locked:
+            self.stats["locked"] += 1
         if r.verdict is Verdict.EXHAUSTED:
             self.stats["exhausted"] += 1
             account = r.hold.account_key if r.hold is not None else None
@@ -306,11 +326,92 @@ class Challenges:
                 r.verdict,
                 self.pages.render(View(State.TOO_MANY_TRIES, lang), want_json, clear),
                 account_key=account,
+                locked=r.locked,
             )
         if r.hold is None:
             return Answer(r.verdict, self.pages.render(View(State.EXPIRED, lang), want_json, clear))
         state = State.WRONG_CODE if r.verdict is Verdict.WRONG else State.CODE_EXPIRED
-        return Answer(r.verdict, self._form(state, lang, r.hold, csrf, r.tries_left, want_json))
+        return Answer(
+            r.verdict,
+            self._form(state, lang, r.hold, csrf, r.tries_left, want_json),
+            account_key=r.hold.account_key if r.locked else None,
+            locked=r.locked,
+        )
+
+    def _release(
+        self, verdict: Verdict, message: HeldMessage, mode: Mode, account_key: str, login_id: str, now: float,
+        secure: bool,
+    ) -> Answer:
+        """The held message goes out, with the binding cookie cleared and a trusted-device cookie."""
+        device = self.devices.issue(account_key, now, secure) if self.settings.devices.enabled else None
+        step_up = mode is Mode.STEP_UP
+        cookies_out = (clear_binding_cookie(secure), *((device,) if device and step_up else ()))
+        return Answer(
+            verdict,
+            released=message,
+            mode=mode,
+            set_cookies=cookies_out,
+            account_key=account_key,
+            login_id=login_id,
+            if_accepted=(device,) if device and not step_up else (),
+        )
+
+    # ---- the authenticator-app offer ----------------------------------------------------------
+
+    async def _offer(self, hold: Hold, now: float, lang: str, want_json: bool, secure: bool) -> Answer:
+        """Park the passed hold's answer behind the offer; the browser gets a new binding cookie."""
+        parked = await self.offers.park(hold, new_secret(), now)
+        self.stats["enrol:offered"] += 1
+        cookie = binding_cookie(parked.binding, int(self.offers.ttl), secure)
+        page = await self._enrol_page(
+            EnrolState.OFFER, lang, parked.offer, parked.csrf, 0, want_json, (("Set-Cookie", cookie),)
+        )
+        return Answer(Verdict.PASSED, page)
+
+    async def _finish_offer(
+        self, form: Mapping[str, str], cookies: Mapping[str, str], now: float, lang: str, want_json: bool,
+        secure: bool,
+    ) -> Answer:
+        """``op=enrol`` with the app's code, or anything else (skip): then the parked answer is released."""
+        offer_id, csrf = form.get("offer", ""), form.get("csrf", "")
+        if not self.offers.csrf_ok(offer_id, cookies.get(binding_cookie_name(secure), ""), csrf):
+            return Answer(None, self.pages.render(View(State.FORBIDDEN, lang), want_json))
+        verdict = Verdict.ENROL_SKIPPED
+        if form.get("op") == "enrol":
+            tries, offer = await self.offers.attempt(offer_id, now)
+            if offer is None:
+                return self._offer_gone(lang, want_json, secure)
+            left = self.offers.max_tries - tries
+            if left < 0:
+                return Answer(
+                    Verdict.ENROL_WRONG,
+                    await self._enrol_page(EnrolState.TOO_MANY_TRIES, lang, offer, csrf, 0, want_json),
+                )
+            if not await self.enrolments.confirm(offer.account_key, offer.secret, form.get("code", ""), now):
+                state = EnrolState.WRONG_CODE if left > 0 else EnrolState.TOO_MANY_TRIES
+                page = await self._enrol_page(state, lang, offer, csrf, left, want_json)
+                return Answer(Verdict.ENROL_WRONG, page)
+            verdict = Verdict.ENROLLED
+        offer = await self.offers.take(offer_id, now)
+        if offer is None:  # expired, or finished already (by another tab or instance)
+            return self._offer_gone(lang, want_json, secure)
+        self.stats[f"enrol:{verdict.value}"] += 1
+        return self._release(verdict, offer.message, Mode.STEP_UP, offer.account_key, offer.login_id, now, secure)
+
+    def _offer_gone(self, lang: str, want_json: bool, secure: bool) -> Answer:
+        clear = (("Set-Cookie", clear_binding_cookie(secure)),)
+        return Answer(Verdict.EXPIRED, self.pages.render(View(State.EXPIRED, lang), want_json, clear))
+
+    async def _enrol_page(
+        self, state: EnrolState, lang: str, offer: Offer, csrf: str, tries_left: int, want_json: bool,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> Page:
+        totp = self.settings.channels.totp
+        uri = provisioning_uri(offer.secret, offer.login_id, totp)
+        # Drawing the QR code takes milliseconds of CPU: not on the event loop.
+        svg = "" if want_json or state is EnrolState.TOO_MANY_TRIES else await asyncio.to_thread(qr_svg, uri)
+        view = EnrolView(state, lang, offer.offer_id, csrf, offer.secret, uri, svg, totp.digits, tries_left)
+        return enrolpage.render(self.pages, view, want_json, extra)
 
     def _form(self, state: State, lang: str, hold: Hold, csrf: str, tries_left: int, want_json: bool) -> Page:
         channel = self.channels.get(hold.channel)

@@ -84,6 +84,13 @@ class Limit(_Model):
     window: Duration = Field(gt=0)
 
 
+class GuessBudget(Limit):
+    """``Limit`` with ceilings: a budget an operator can loosen, never switch off."""
+
+    count: int = Field(ge=1, le=1000)
+    window: Duration = Field(gt=0, le=86400)
+
+
 class SendLimits(_Model):
     """Sending is rate-limited so the guard cannot be turned into a spam cannon against owners."""
 
@@ -157,6 +164,20 @@ class TotpSettings(_Model):
         1, ge=0, le=2, description="steps accepted either side of now (clock skew); each step widens guessing"
     )
     issuer: str = Field("loginguard", description="shown in the authenticator app")
+    self_enrol: bool = Field(
+        False,
+        description="right after a passed step-up challenge, offer accounts without an app to set one up "
+        "(QR code). Off by default: whoever passes an e-mail or webhook code can bind an app, and the app "
+        "then comes first in channels.order, so someone holding the password and the mailbox for ten "
+        "minutes would keep a second factor of their own. Never offered in before_upstream mode (the "
+        "password is unchecked there) nor to an account that already has an app (no replacing it)",
+    )
+    self_enrol_ttl: Duration = Field(
+        600.0,
+        ge=60,
+        le=1800,
+        description="how long the offer waits; the upstream's held answer waits with it, and is gone after",
+    )
 
 
 class ChannelSettings(_Model):
@@ -236,6 +257,14 @@ class ChallengeSettings(_Model):
     code_digits: int = Field(6, ge=6, le=10, description="10^digits codes; below 6 is guessable in max_tries")
     max_tries: int = Field(5, ge=1, le=10, description="wrong codes per hold before it is destroyed")
     max_resends: int = Field(3, ge=0, le=10, description="new codes per hold")
+    account_guesses: GuessBudget = Field(
+        GuessBudget(count=10, window=900.0),
+        description="wrong codes per account over all its holds; max_tries alone would give an attacker "
+        "max_tries guesses on every hold they open. Over it, verification for the account is refused "
+        "(the page of a wrong code, so nothing is learnt) and the source is flagged like an exhausted hold. "
+        "Counted for right and wrong passwords alike (no oracle), so whoever knows a login id can spend it: "
+        "a trusted device skips the challenge and is not locked out",
+    )
     max_held_body: ByteSize = Field(
         256 * 1024,
         ge=1024,

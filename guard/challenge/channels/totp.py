@@ -39,7 +39,6 @@ from guard.store.base import Delete, Get, Put, PutNew, Store
 
 MIN_SECRET_BITS = 80  # legacy authenticator secrets; RFC 4226 recommends 160 (what we generate)
 ENROL_TTL = 10 * 365 * 86400.0
-PENDING_TTL = 600.0
 _DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 _PURPOSE = "totp"
 _DUMMY_SECRET = secrets.token_bytes(20)
@@ -88,8 +87,12 @@ def provisioning_uri(secret_b32: str, account_label: str, settings: TotpSettings
 
 
 def qr_svg(uri: str) -> str:
-    """The URI as an inline SVG QR code (segno; no Pillow, no external asset, CSP-friendly)."""
-    return segno.make(uri, error="m").svg_inline(scale=4, border=2)
+    """The URI as an inline SVG QR code (segno; no Pillow, no external asset, CSP-friendly).
+
+    A white background and a four-module quiet zone (ISO/IEC 18004): a transparent
+    code on a dark page, or one cramped against the text, does not scan.
+    """
+    return segno.make(uri, error="m").svg_inline(scale=4, border=4, light="#fff")
 
 
 def parse_enrolments(text: str, source: str) -> dict[str, str]:
@@ -173,15 +176,7 @@ class Enrolments:
         blob, last = await self.store.execute([Get(_k("totp", account_key)), Get(_k("tu", account_key))], now)
         secret = self._secret(account_key, blob)
         s = self.settings
-        typed = normalize_input(typed)
-        cur = int(now // s.period)
-        matched: int | None = None
-        for step in range(cur - s.window, cur + s.window + 1):
-            good = hmac.compare_digest(
-                hotp(secret or _DUMMY_SECRET, step, s.digits, s.algorithm).encode(), typed.encode()
-            )
-            if good and matched is None:
-                matched = step
+        matched = self._match(secret or _DUMMY_SECRET, typed, now)
         if matched is None or secret is None or not commit:
             return False
         last_step = int(last) if last is not None and bytes(last).isdigit() else -1
@@ -197,37 +192,36 @@ class Enrolments:
         )
         return bool(claimed)
 
-    # ---- self-enrolment (offered right after a passed challenge) ------------------------------
+    # ---- self-enrolment (offered right after a passed challenge: guard.challenge.offers) ----------
 
-    async def begin(self, account_key: str, login_id: str, now: float) -> tuple[str, str]:
-        """A pending secret for this account: (otpauth URI, QR SVG).  Confirmed by ``confirm``."""
-        secret = new_secret()
-        blob = self.sealer.seal("totp-pending", account_key, secret.encode())
-        await self.store.execute([Put(_k("tp", account_key), blob, PENDING_TTL)], now)
-        uri = provisioning_uri(secret, login_id, self.settings)
-        return uri, qr_svg(uri)
+    async def confirm(self, account_key: str, secret_b32: str, typed: str, now: float) -> bool:
+        """Enrol ``secret_b32`` when ``typed`` is its current code (the proof that the app has it).
 
-    async def confirm(self, account_key: str, typed: str, now: float) -> bool:
-        """Enrol the pending secret when ``typed`` is its current code (proves the app has it)."""
-        (blob,) = await self.store.execute([Get(_k("tp", account_key))], now)
-        if blob is None:
-            return False
-        try:
-            secret_b32 = self.sealer.open("totp-pending", account_key, bytes(blob)).decode()
-        except SealError:
-            return False
-        s = self.settings
+        Never replaces an enrolment (an operator's import, a racing offer): self-service must not
+        swap the app an account already trusts.  The confirming code's step is marked used, so the
+        same code cannot also answer the account's next challenge (RFC 6238 5.2).
+        """
         secret = decode_secret(secret_b32)
-        cur = int(now // s.period)
+        matched = self._match(secret, typed, now)
+        if matched is None:
+            return False
+        blob = self.sealer.seal(_PURPOSE, account_key, secret)
+        (stored,) = await self.store.execute([PutNew(_k("totp", account_key), blob, ENROL_TTL)], now)
+        if stored:
+            await self.store.execute([Put(_k("tu", account_key), str(matched).encode(), ENROL_TTL)], now)
+        return bool(stored)
+
+    def _match(self, secret: bytes, typed: str, now: float) -> int | None:
+        """The step within ``window`` whose code is ``typed``; every step is compared (constant time)."""
+        s = self.settings
         typed = normalize_input(typed)
-        ok = any(
-            hmac.compare_digest(hotp(secret, step, s.digits, s.algorithm), typed)
-            for step in range(cur - s.window, cur + s.window + 1)
-        )
-        if ok:
-            await self.enroll(account_key, secret_b32, now)
-            await self.store.execute([Delete(_k("tp", account_key))], now)
-        return ok
+        cur = int(now // s.period)
+        matched: int | None = None
+        for step in range(cur - s.window, cur + s.window + 1):
+            good = hmac.compare_digest(hotp(secret, step, s.digits, s.algorithm).encode(), typed.encode())
+            if good and matched is None:
+                matched = step
+        return matched
 
     def _secret(self, account_key: str, blob: bytes | None) -> bytes | None:
         if blob is None:
