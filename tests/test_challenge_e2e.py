@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
+from yarl import URL
 
 from guard.challenge.keys import new_key
 from guard.config import Config, load_config_text
@@ -86,7 +87,9 @@ class Browser:
         self.base = base
         self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
 
-    async def post(self, path: str, data: dict[str, str], **kw: Any) -> tuple[int, dict[str, str], str, Any]:
+    async def post(
+        self, path: str, data: dict[str, str] | bytes, **kw: Any
+    ) -> tuple[int, dict[str, str], str, Any]:
         async with self.session.post(self.base + path, data=data, allow_redirects=False, **kw) as r:
             return r.status, dict(r.headers), await r.text(), r.headers.getall("Set-Cookie", [])
 
@@ -261,7 +264,7 @@ async def test_issued_by_one_instance_answered_by_another_and_after_restart(
         _, _, page, _ = await browser_a.post("/login", {"username": ALICE.login, "password": ALICE.password})
         await a._challenges.drain()
         code = code_in(box)
-        cookies = browser_a.session.cookie_jar.filter_cookies(aiohttp.client.URL(browser_a.base))
+        cookies = browser_a.session.cookie_jar.filter_cookies(URL(browser_a.base))
         await browser_a.close()
         await a.stop(1)  # instance A is gone: the hold lives in Redis
         browser_b = Browser(f"http://127.0.0.1:{b.public_port}")

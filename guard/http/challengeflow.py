@@ -11,6 +11,12 @@ Three entry points from the proxy handler:
 - ``answer``: the POST of the code form.  A passed code releases the held answer
   exactly as the upstream sent it (plus the trusted-device cookie), so the
   browser ends up logged in as the upstream intended; nothing is replayed.
+  With TOTP self-enrolment on, the authenticator-app offer comes in between;
+  it posts to the same path and ends in the same release.
+- In ``before_upstream`` mode the passed code forwards the held request once and
+  the upstream's answer is streamed back.  The code proved the second factor,
+  not the password: only when the upstream accepts the login does the browser
+  get the trusted-device cookie and the engine learn a released login.
 
 Every hold lives in the store, so another instance can answer it and it
 survives a restart with Redis.  A store failure here never releases a held
@@ -23,12 +29,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from aiohttp import ClientError, web
+from aiohttp import ClientError, ClientResponse, web
 from multidict import CIMultiDict
 
 from guard.engine import Decision, RequestFacts, ResponseFacts
 from guard.engine.core import LoginState, request_cookies
+from guard.http.bodies import read_response_head
 from guard.http.headers import HOP_BY_HOP, readable_encodings, request_headers
+from guard.http.target import match_path, parse_target
 from guard.http.upstream import failure_status
 from guard.store.base import StoreError
 
@@ -117,7 +125,7 @@ class ChallengeFlow:
             peek = bytes(body[: max(engine.response_peek(facts.login or ""), 0)])
             outcome = await engine.on_response(facts, ResponseFacts(up.status, up.headers, peek), seen=False)
             headers = [(k, v) for k, v in up.headers.items()]
-            msg = self.svc.response_message(up.status, headers, bytes(body) if len(body) <= cap else body + b"x")
+            msg = self.svc.response_message(up.status, headers, bytes(body) if len(body) <= cap else bytes(body) + b"x")
         finally:
             up.release()
         try:
@@ -134,6 +142,8 @@ class ChallengeFlow:
         if login is None:
             return None, 403
         out = request_headers(request.headers, fwd, rt.host_override or target.host)
+        if rt.engine.response_peek(facts.login or ""):
+            out = readable_encodings(out)  # the outcome of the forwarded login is classified on release
         try:
             msg = self.svc.request_message(request.method, target.path_qs, out, facts.body or b"")
         except ValueError:
@@ -162,39 +172,79 @@ class ChallengeFlow:
             return rt.pages.response(503, accept)
         engine = rt.engine
         verdict = ans.verdict.value if ans.verdict is not None else "forbidden"
-        engine.observer.challenge(_EVENT.get(verdict, verdict))
-        if ans.verdict is not None and ans.verdict.value == "exhausted":
-            await engine.flag_source(facts.client_ip, "challenge-exhausted")
+        engine.observer.challenge("exhausted" if ans.locked else _EVENT.get(verdict, verdict))
+        if ans.flag_source:
+            reason = "challenge-guess-budget" if ans.locked else "challenge-exhausted"
+            await engine.flag_source(facts.client_ip, reason)
         if ans.page is not None:
             return page_response(ans.page)
-        if ans.account_key is not None and ans.login_id is not None:
-            await engine.login_released(ans.login_id, ans.account_key, facts.client_ip)
         msg = ans.released
         if msg is None:  # pragma: no cover - the service sets exactly one of page / released
             return rt.pages.response(500, accept)
         if not msg.is_request:
+            if ans.account_key is not None and ans.login_id is not None:
+                await engine.login_released(ans.login_id, ans.account_key, facts.client_ip)
             return held_response(msg, ans.set_cookies, self.svc.settings.restart_path)
-        return await self._forward_held(request, rt, msg, ans.set_cookies)
+        return await self._forward_held(request, rt, facts, ans, msg)
 
     async def _forward_held(
-        self, request: web.BaseRequest, rt: Settings, msg: HeldMessage, set_cookies: tuple[str, ...]
+        self, request: web.BaseRequest, rt: Settings, facts: RequestFacts, ans: Answer, msg: HeldMessage
     ) -> web.StreamResponse:
-        """before_upstream: the held login goes to the upstream once, now that the code is right."""
+        """before_upstream: the held login goes to the upstream once; its answer is streamed back.
+
+        Streamed, not read whole: what a login answers is the upstream's business and
+        has no size limit of ours.  Only the classifier's peek is read first.
+        """
+        from guard.http.proxy import ProxyResponse
+
+        engine = rt.engine
+        target = parse_target(msg.target)
+        endpoint = engine.match_login(msg.method, match_path(target.path)) if target is not None else None
+        peek = engine.response_peek(endpoint) if endpoint is not None else 0
         try:
             up = await self.upstream.request(msg.method, msg.target, list(msg.headers), msg.body, rt.upstream_timeout)
         except (TimeoutError, ClientError, OSError) as exc:
             return rt.pages.response(failure_status(exc), request.headers.get("Accept", ""))
         try:
-            body = await up.read()
-            headers = [(k, v) for k, v in up.headers.items()]
+            try:
+                first = await read_response_head(up, peek) if peek else up.content.read_nowait()
+            except (TimeoutError, ClientError, OSError) as exc:
+                return rt.pages.response(failure_status(exc), request.headers.get("Accept", ""))
+            accepted = endpoint is not None and self._outcome(rt, endpoint, up, first) == "success"
+            if accepted and ans.account_key is not None and ans.login_id is not None:
+                await engine.login_released(ans.login_id, ans.account_key, facts.client_ip)
+            resp = ProxyResponse(up.status, up.reason, up.headers)  # hop-by-hop fields stripped
+            for cookie in (*ans.set_cookies, *(ans.if_accepted if accepted else ())):
+                resp.headers.add("Set-Cookie", cookie)
+            try:
+                await resp.prepare(request)
+                if first:
+                    await resp.write(first)
+                while chunk := await up.content.readany():
+                    await resp.write(chunk)
+                await resp.write_eof()
+            except ConnectionError:
+                up.close()  # the client left: the rest is not worth reading
+            except (TimeoutError, ClientError, OSError):
+                # mid-body: a cut connection is the only honest signal left (RFC 9112 section 8)
+                up.close()
+                request.protocol.force_close()
+            return resp
         finally:
             up.release()
-        from guard.challenge import HeldMessage
 
-        return held_response(HeldMessage.response(up.status, headers, body, 1 << 62), set_cookies, "/")
+    @staticmethod
+    def _outcome(rt: Settings, endpoint: str, up: ClientResponse, first: bytes) -> str:
+        """What the upstream said of the forwarded login (``success`` / ``failure`` / ``unknown``)."""
+        from guard.engine.outcome import classify
+
+        ep = rt.engine.rt.logins.endpoints.get(endpoint)
+        return "unknown" if ep is None else str(classify(ep.outcome, up.status, up.headers, first))
 
 
 _EVENT: dict[str, Any] = {
     "passed": "passed", "wrong": "failed", "exhausted": "exhausted", "expired": "expired",
     "code_expired": "expired", "resent": "resent", "resend_limited": "resend_limited",
 }
+"""Verdicts as the metrics name them; the offer's own (``enrolled``, ...) pass through: a passed code
+that leads to the offer was counted ``passed`` already."""
