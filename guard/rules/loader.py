@@ -28,6 +28,28 @@ COMPOSITES = ("all", "any", "not")
 MAX_DEPTH = 8
 
 
+def one_per_place(problems: list[Problem]) -> list[Problem]:
+    """Merge problems at one key into one: a value that fits no branch of a union (``str | list[str]``).
+
+    pydantic reports each branch's complaint, so one mistake read as two or three problems at the
+    same line; the operator made one, and learns the alternatives from one message.
+    """
+    places: dict[tuple[str, int, int, str], list[str]] = {}
+    for p in problems:
+        places.setdefault((p.file, p.line, p.column, p.key), []).append(p.message)
+    return [Problem(*place, _alternatives(msgs)) for place, msgs in places.items()]
+
+
+def _alternatives(messages: list[str]) -> str:
+    if len(messages) == 1:
+        return messages[0]
+    lead = "Input should be "
+    got = messages[0][messages[0].rfind(" (got "):] if " (got " in messages[0] else ""
+    if all(m.startswith(lead) and m.endswith(got) for m in messages):
+        return lead + " or ".join(m.removeprefix(lead).removesuffix(got) for m in messages) + got
+    return "; or: ".join(messages)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -113,7 +135,7 @@ class _Compiler:
             try:
                 value = kind.args.validate_python(args)
             except ValidationError as exc:
-                self.problems.extend(problems_from_validation(self.doc, exc, here))
+                self.problems.extend(one_per_place(problems_from_validation(self.doc, exc, here)))
                 continue
             try:
                 children.append(kind.build(value, self.env))

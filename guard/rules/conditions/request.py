@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from guard.clientip import parse_ip
 from guard.rules.context import Context
@@ -84,9 +84,22 @@ class PathIs(Condition):
         return NO_VALUES if ok else None
 
 
-@register("path", str | PathArgs, "the request path: a string (exact), or {exact|prefix|regex}")
-def _path(args: str | PathArgs, env: CompileEnv) -> Condition:
-    return PathIs(PathArgs(exact=args) if isinstance(args, str) else args)
+def _exact_shorthand(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"exact": value}
+    if not isinstance(value, dict | PathArgs):
+        raise ValueError("give a path (exact), or a mapping with one of exact, prefix, regex")
+    return value
+
+
+# One type, not the union ``str | PathArgs``: with a union pydantic reports every branch's error, so a
+# bad regex also gave "Input should be a valid string", a second, spurious problem at the same line.
+PathSpec = Annotated[PathArgs, BeforeValidator(_exact_shorthand, json_schema_input_type=str | PathArgs)]
+
+
+@register("path", PathSpec, "the request path: a string (exact), or {exact|prefix|regex}")
+def _path(args: PathArgs, env: CompileEnv) -> Condition:
+    return PathIs(args)
 
 
 # ---- method ---------------------------------------------------------------------------------------
