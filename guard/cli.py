@@ -223,6 +223,10 @@ def _parser() -> argparse.ArgumentParser:
 
     resetcli.add_parser(sub)
 
+    from guard.challenge import enrolcli
+
+    enrolcli.add_parser(sub)
+
     schema = add("schema", "print the JSON Schema of guard.yaml (for editors)", "guard schema > guard.schema.json")
     schema.set_defaults(func=_cmd_schema)
 

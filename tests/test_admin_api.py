@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import openapi_spec_validator
+import pyotp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from guard.challenge import Challenges, ChallengeSettings
+from guard.challenge.channels.totp import record_key
+from guard.challenge.keys import new_key
 from guard.engine import Engine
 from guard.engine.decision import Action
-from guard.http.adminapi import DISABLED
+from guard.http.adminapi import DISABLED, account_key
 from guard.observe.hub import Observability
+from guard.store import Get
 from guard.yamlsource import Problem, SourceError
 from tests.observe_fixtures import TOKEN, admin_app, event, exposure, make_engine, observability
 
 Client = TestClient[web.Request, web.Application]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
 
 @pytest.fixture
@@ -54,7 +62,7 @@ def protected_routes(app: web.Application) -> list[tuple[str, str]]:
         path = info.get("path") or info.get("formatter", "")
         if path in ("/healthz", "/readyz") or route.method == "HEAD":
             continue
-        path = path.replace("{subject:.+}", "{subject}").replace("{subject}", "ip%3A1.2.3.4")
+        path = path.replace("{subject:.+}", "ip%3A1.2.3.4").replace("{login:.+}", "alice%40example.com")
         out.append((route.method, path))
     return out
 
@@ -216,16 +224,16 @@ async def test_stream_sends_summary_events(client: Client, obs: Observability) -
 
 
 async def test_openapi_document_is_valid_and_complete(client: Client) -> None:
-    validator = pytest.importorskip("openapi_spec_validator")
     async with client.get("/api/openapi.json", headers=AUTH) as resp:
         doc = await resp.json()
-    validator.validate(doc)
+    openapi_spec_validator.validate(doc)
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     for route in client.app.router.routes():
         if route.method == "HEAD":
             continue
         info = route.resource.get_info() if route.resource is not None else {}
-        path = (info.get("path") or info.get("formatter", "")).replace("{subject:.+}", "{subject}")
+        path = info.get("path") or info.get("formatter", "")
+        path = path.replace("{subject:.+}", "{subject}").replace("{login:.+}", "{login}")
         assert (route.method, path) in documented, (route.method, path)
 
 
@@ -241,3 +249,34 @@ async def test_dashboard_needs_the_token_but_offers_a_form(client: Client) -> No
         page = await resp.text()
     assert "/api/stream" in page and "http://" not in page and "https://" not in page   # no CDN
     assert " on" + "click=" not in page
+
+
+async def test_totp_enrolment_put_and_delete(client: Client, engine: Engine) -> None:
+    """PUT imports an authenticator secret (sealed, under the login's account key), DELETE removes it."""
+    async with client.put("/api/totp/alice%40example.com", json={"secret": SECRET}, headers=AUTH) as resp:
+        assert resp.status == 409  # no challenge configured: nothing to enrol into
+    svc = Challenges(ChallengeSettings.model_validate({"keys": [new_key()]}), engine.store)
+    engine.challenges = svc
+    try:
+        key = account_key(engine, "alice@example.com")
+        async with client.put("/api/totp/alice%40example.com", json={"secret": SECRET}, headers=AUTH) as resp:
+            assert resp.status == 200 and await resp.json() == {"enrolled": True}
+        now = engine.clock.now()
+        assert await svc.enrolments.check(key, pyotp.TOTP(SECRET).at(now), now, commit=True)
+        (blob,) = await engine.store.execute([Get(record_key(key))], now)
+        assert blob is not None and SECRET.encode() not in blob and base64.b32decode(SECRET) not in blob  # sealed
+        for body in ({"secret": "not base32!"}, {"secret": SECRET, "extra": 1}, {"secret": "GEZDGNBV"}, [SECRET],
+                     {"secret": "A" * 300}):
+            async with client.put("/api/totp/alice%40example.com", json=body, headers=AUTH) as resp:
+                assert resp.status == 400, body
+                assert SECRET not in await resp.text()
+        async with client.put("/api/totp/" + "a" * 321, json={"secret": SECRET}, headers=AUTH) as resp:
+            assert resp.status == 400
+        async with client.delete("/api/totp/alice%40example.com", headers=AUTH) as resp:
+            assert await resp.json() == {"removed": True}
+        assert not await svc.enrolments.enrolled(key, now)
+        async with client.delete("/api/totp/alice%40example.com", headers=AUTH) as resp:
+            assert await resp.json() == {"removed": False}
+    finally:
+        engine.challenges = None
+        await svc.aclose()

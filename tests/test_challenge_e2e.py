@@ -60,11 +60,15 @@ async def legacy() -> AsyncIterator[int]:
 
 
 def guard_config(tmp: Path, upstream: int, smtp: int, extra: str = "") -> Config:
+    return load_config_text(config_text(tmp, upstream, smtp, extra), env={})
+
+
+def config_text(tmp: Path, upstream: int, smtp: int, extra: str = "", admin: str = "{listen: '127.0.0.1:0'}") -> str:
+    """guard.yaml for these tests; ``extra`` is appended as is (indent 4: channels, 2: challenge, 0: top)."""
     (tmp / "rules.yaml").write_text(RULES)
-    return load_config_text(
-        f"""
+    return f"""
 listen: 127.0.0.1:0
-admin: {{listen: '127.0.0.1:0'}}
+admin: {admin}
 upstream: http://127.0.0.1:{upstream}
 rules: [{tmp / 'rules.yaml'}]
 logins: [{{id: login, path: /login}}]
@@ -75,9 +79,7 @@ challenge:
   dispatch_delay: 0s
   channels:
     email: {{host: 127.0.0.1, port: {smtp}, security: none, sender: guard@example.com, timeout: 5s}}
-{extra}""",
-        env={},
-    )
+{extra}"""
 
 
 class Browser:

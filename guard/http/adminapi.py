@@ -43,6 +43,7 @@ from guard.observe.metrics import CONTENT_TYPE, Metrics
 from guard.observe.reports import summary as ledger_summary
 from guard.observe.settings import ObserveConfig
 from guard.observe.share import LiveShare
+from guard.store.base import StoreError
 
 if TYPE_CHECKING:
     from guard.observe.hub import Observability
@@ -52,6 +53,8 @@ log = logging.getLogger("guard.admin")
 PUBLIC = frozenset({"/healthz", "/readyz"})
 MAX_STREAMS = 32
 MAX_BAN_SECONDS = 10 * 365 * 86400.0
+MAX_LOGIN = 320  # the longest e-mail address (RFC 5321 limits), and so the longest login id we accept
+MAX_SECRET = 256  # base32 characters: 1280 bits, far past any authenticator's secret
 LEDGER_CACHE_S = 15.0
 DISABLED = "admin API disabled: set admin.token"
 HOSTILE = frozenset({"block", "ban", "challenge", "tarpit", "unavailable"})
@@ -250,6 +253,69 @@ async def del_ban(request: web.Request) -> web.Response:
         return _error(400, str(exc))
     removed = await st.deps.engine.unban(subject)
     return web.json_response({"subject": subject, "removed": removed})
+
+
+def account_key(engine: Engine, login: str) -> str:
+    """The opaque key the engine files a login id under (normalised as on a login, keyed hash)."""
+    from guard.engine.usernames import Normalizer, username_key
+
+    norm = engine.rt.normalizer or Normalizer(engine.config.usernames, None)
+    return username_key(engine._secret, norm.normalize(login))
+
+
+def _enrolments(st: _State, login: str) -> Any:
+    """The TOTP enrolments of the running challenge service, or the error to answer with."""
+    svc = st.deps.engine.challenges
+    if svc is None or "totp" not in svc.channels:
+        return _error(409, "TOTP is not configured: set challenge (channels.totp.enabled is the default)")
+    if not 0 < len(login) <= MAX_LOGIN:
+        return _error(400, f"the login id must be 1 to {MAX_LOGIN} characters")
+    return svc.enrolments
+
+
+async def totp_put(request: web.Request) -> web.Response:
+    """Import an account's authenticator secret (base32), replacing any it had; the login id is never logged."""
+    from guard.challenge.channels.totp import decode_secret
+
+    st = _state(request)
+    login = request.match_info["login"]
+    enrolments = _enrolments(st, login)
+    if isinstance(enrolments, web.Response):
+        return enrolments
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "body must be JSON")
+    secret = body.get("secret") if isinstance(body, dict) and set(body) == {"secret"} else None
+    if not isinstance(secret, str) or len(secret) > MAX_SECRET:
+        return _error(400, 'expected {"secret": "<base32>"}')
+    try:
+        decode_secret(secret)
+    except ValueError as exc:  # the message names the problem, never the secret
+        return _error(400, f"secret: {exc}")
+    engine = st.deps.engine
+    try:
+        await enrolments.enroll(account_key(engine, login), secret, engine.clock.now())
+    except StoreError:
+        return _error(503, "the store is unavailable")
+    log.info("TOTP enrolment imported through the admin API")
+    return web.json_response({"enrolled": True})
+
+
+async def totp_delete(request: web.Request) -> web.Response:
+    """Remove an account's authenticator: its next challenge uses the other channels."""
+    st = _state(request)
+    login = request.match_info["login"]
+    enrolments = _enrolments(st, login)
+    if isinstance(enrolments, web.Response):
+        return enrolments
+    engine = st.deps.engine
+    try:
+        removed = await enrolments.remove(account_key(engine, login), engine.clock.now())
+    except StoreError:
+        return _error(503, "the store is unavailable")
+    log.info("TOTP enrolment removed through the admin API", extra={"removed": removed})
+    return web.json_response({"removed": removed})
 
 
 def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -455,6 +521,8 @@ def install(app: web.Application, deps: AdminDeps) -> None:
     r.add_get("/api/summary", summary)
     r.add_get("/api/exposures", exposures)
     r.add_post("/api/resets", resets)
+    r.add_put("/api/totp/{login:.+}", totp_put)
+    r.add_delete("/api/totp/{login:.+}", totp_delete)
     r.add_get("/api/stream", stream)
     r.add_get("/api/openapi.json", openapi)
     r.add_get("/dashboard", dashboard)

@@ -48,6 +48,9 @@ _BOOL = {"type": "boolean"}
 _ACTION = {"type": "string",
            "enum": ["pass", "allow", "log", "block", "ban", "tarpit", "challenge", "unavailable"]}
 _BY = {"type": "string", "enum": ["ip", "subnet", "asn", "country", "username"], "default": "ip"}
+_LOGIN = {"name": "login", "in": "path", "required": True, "schema": {**_STR, "minLength": 1, "maxLength": 320},
+          "description": "the login id as users type it, URL-encoded (alice%40example.com); normalised and "
+                         "hashed like a login, never stored or logged in clear"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _STR, "problems": {"type": "array", "items": _STR}}, ("error",)),
@@ -66,6 +69,12 @@ SCHEMAS: dict[str, Any] = {
         "user": {"type": "string", "description": "keyed hash prefix"},
     }, ("ts", "ip", "action", "rules")),
     "TopEntry": _obj({"key": _STR, "count": _INT, "name": _STR}, ("key", "count")),
+    "TotpSecret": {
+        **_obj({"secret": {"type": "string", "minLength": 16, "maxLength": 256,
+                           "description": "base32, as authenticator apps show it (spaces and padding optional)"}},
+               ("secret",)),
+        "additionalProperties": False,
+    },
     "Rule": _obj({
         "id": _STR, "description": _STR, "action": _STR, "phase": _STR, "file": _STR, "line": _INT,
         "score": _NUM, "shadow": _BOOL, "hits": _obj({"enforce": _INT, "shadow": _INT}),
@@ -100,8 +109,9 @@ def document(version: str = "0") -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "loginguard admin API", "version": version,
-            "description": "Bans, decisions, top talkers, rules, reload, health, metrics and the live "
-                           "dashboard. Every route needs `Authorization: Bearer <admin.token>` except "
+            "description": "Bans, decisions, top talkers, rules, reload, health, metrics, the live "
+                           "dashboard, forced resets and TOTP enrolments. Every route needs "
+                           "`Authorization: Bearer <admin.token>` except "
                            "/healthz and /readyz.",
         },
         "security": [{"bearer": []}],
@@ -122,6 +132,21 @@ def document(version: str = "0") -> dict[str, Any]:
                     {"logins": {"type": "array", "items": {"type": "string"}}, "on": {"type": "boolean"}},
                     ("logins",),
                 )}}}),
+            },
+            "/api/totp/{login}": {
+                "put": _op("Enrol an account's authenticator app (import its TOTP secret; replaces one)", {
+                    "200": _ok("Enrolled (sealed in the store)", _obj({"enrolled": _BOOL}, ("enrolled",))),
+                    "400": _ok("Bad login id or secret (the error never repeats the secret)", _ref("Error")),
+                    "409": _ok("TOTP is not configured", _ref("Error")),
+                    "503": _ok("The store is unavailable", _ref("Error")),
+                }, parameters=[_LOGIN], requestBody={"required": True,
+                                                     "content": {JSON: {"schema": _ref("TotpSecret")}}}),
+                "delete": _op("Remove an account's authenticator app", {
+                    "200": _ok("Done", _obj({"removed": _BOOL}, ("removed",))),
+                    "400": _ok("Bad login id", _ref("Error")),
+                    "409": _ok("TOTP is not configured", _ref("Error")),
+                    "503": _ok("The store is unavailable", _ref("Error")),
+                }, parameters=[_LOGIN]),
             },
             "/api/bans": {
                 "get": _op("List active bans", {"200": bans_list}),
