@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from guard.config import Config, LoginEndpoint
+from guard.engine.attacklog import AttackLog
 from guard.engine.bancache import BanCache, ip_subjects, subnet_of
 from guard.engine.clock import Clock, SystemClock
 from guard.engine.decision import PASS, Action, Decision, Reason
@@ -112,6 +113,7 @@ class Engine:
         self._secret: bytes = secret or (config.secret_key or "").encode()
         self._store_ok = True
         self._attack_until = 0.0
+        self.attack_log = AttackLog(log)
         self._fetcher: Any = None
         self.observer: Observer = NullObserver()
         self.challenges: Any = None   # guard.challenge.Challenges, set by the adapter that owns it
@@ -587,34 +589,41 @@ class Engine:
         return ops, readers
 
     async def _attack_state(self, ctx: Context, raw: dict[str, Any]) -> bool:
-        """Global failure spike against the learned baseline, with hysteresis (``attack.hold``)."""
+        """Global failure spike against the learned baseline, with hysteresis (``attack.hold``).
+
+        The state is shared through ``atk:on``, whose value says until when it holds, so every
+        worker keeps it for the same time and none flaps between requests.  A spike that goes on
+        re-arms it before it runs out (when half the hold is left), so a long attack is one state:
+        one "attack in progress" line at its start, one "attack over" at its end.
+        """
         a = self.config.attack
         if not a.enabled:
             return False
-        if raw.get("atk_on") is not None:
-            self._attack_until = max(self._attack_until, ctx.now + 1)
-            return True
+        now = ctx.now
+        shared = _shared_attack(raw.get("atk_on"), now)
         short = float(raw.get("f_short", 0) or 0)
         long_ = float(raw.get("f_long", 0) or 0)
         rate_now = short / a.window
         baseline = max(long_ / a.baseline, a.floor_per_hour / 3600.0)
         sources = int(raw.get("sources", 0) or 0)
         spiking = short >= a.min_failures and sources >= a.min_sources and rate_now > a.factor * baseline
-        if spiking and a.hold > 0:
+        until = max(self._attack_until, min(shared[1], now + a.hold))   # another clock's until: bounded
+        if spiking and a.hold > 0 and until - now < a.hold / 2:
+            until = now + a.hold
+            since = shared[0] if shared[0] is not None else now
+            value = {"since": since, "rate": rate_now, "until": until}
             try:
-                await self.store.execute(
-                    [Put("atk:on", json.dumps({"since": ctx.now, "rate": rate_now}).encode(), a.hold)], ctx.now
-                )
+                await self.store.execute([Put("atk:on", json.dumps(value).encode(), a.hold)], now)
             except StoreError:
                 pass
-            self._attack_until = ctx.now + a.hold
             self.observer.attack(True, short, rate_now * 60, baseline * 60)
-            log.warning(
-                "attack in progress: global login failure rate above baseline",
-                extra={"failures_window": short, "rate_per_min": round(rate_now * 60, 2),
-                       "baseline_per_min": round(baseline * 60, 3)},
-            )
-        return spiking
+        elif spiking:
+            until = max(until, now + 1)   # hold 0: no hysteresis, but the spike's own evaluation is on
+        self._attack_until = until
+        on = until > now
+        self.attack_log.follow(now, on, login=True, failures=short, rate_per_min=rate_now * 60,
+                               baseline_per_min=baseline * 60)
+        return on
 
     def _judged_upstream(self, decision: Decision) -> bool:
         """A step-up challenge forwards the login: ``on_response`` counts its real outcome."""
@@ -675,12 +684,30 @@ class Engine:
         self._store_ok = ok
         return EngineStatus(
             store_ok=ok, bans_cached=len(self.bans), rules=len(self.rt.rules.rules),
-            attack=self._attack_until > self.clock.now(),
+            attack=self.attack_in_progress,
         )
 
     @property
     def attack_in_progress(self) -> bool:
-        return self._attack_until > self.clock.now()
+        """Also closes the attack log's episode: an attack ends by time passing, not by a request,
+        so whoever looks first (the dashboard's poll, ``status``, the next login) writes "attack over"."""
+        now = self.clock.now()
+        on = self._attack_until > now
+        self.attack_log.follow(now, on)
+        return on
+
+
+def _shared_attack(value: Any, now: float) -> tuple[float | None, float]:
+    """``atk:on`` as (since, until); an entry without ``until`` (an older guard's) holds for a second."""
+    if value is None:
+        return None, 0.0
+    try:
+        doc = json.loads(value)
+        since, until = doc.get("since"), doc.get("until")
+        return (float(since) if isinstance(since, int | float) else None,
+                float(until) if isinstance(until, int | float) else now + 1)
+    except (ValueError, TypeError, AttributeError):
+        return None, now + 1
 
 
 def request_cookies(headers: Any) -> dict[str, str]:
