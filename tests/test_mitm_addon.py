@@ -9,12 +9,15 @@ and the request log are real; the only socket is the admin listener's.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import re
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from mitmproxy import exceptions, hooks, http
@@ -33,9 +36,17 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from mitmproxy.test import taddons, tflow, tutils
 
+from guard.challenge.keys import new_key
+from guard.challenge.service import Challenges
 from guard.engine import RequestFacts
 from guard.mitm.addon import GuardAddon
+from guard.pii.token import TOKEN_RE
 from guard.store.base import StoreError
+from tests.test_challenge_channels import Mailbox
+from tests.test_challenge_e2e import RULES as CHALLENGE_RULES
+from tests.test_challenge_e2e import code_in, form_fields, mailbox
+
+__all__ = ["mailbox"]  # a fixture: the real SMTP server the codes go through
 
 RULES = """\
 rules:
@@ -325,26 +336,257 @@ async def test_store_failure_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             assert b"Temporarily unavailable" in (f.response.content or b"")
 
 
-# ---- streaming and the HTML rewriting seam ----------------------------------------------------------
+# ---- streaming, and PII rewritten in buffered pages ----------------------------------------------------
+
+PHONE = "090-1234-5678"
+CONTACT = (
+    '<!doctype html><html><head><meta charset="utf-8"></head><body><form method="post" action="/contact">'
+    f'<input type="hidden" name="phone" value="{PHONE}"><input type="hidden" name="csrf" value="c5rf-2021">'
+    '<textarea name="message"></textarea></form></body></html>'
+).encode()
+VAULT_COOKIE = "__Host-lgpii"  # tflow's client connection is TLS: the vault cookie is the __Host- one
 
 
-async def test_response_streaming_flags(guard: Guard) -> None:
-    html = tutils.tresp(headers=http.Headers(content_type="text/html; charset=utf-8"))
-    f = await guard.exchange(make_flow("/page"), html.copy())
-    assert f.response is not None and f.response.stream is True  # no rewriter: HTML streams too
+def html_answer(body: bytes = CONTACT, coding: str = "") -> http.Response:
+    """The upstream's page, as it would arrive: ``raw`` bytes in the coding the headers say."""
+    headers = [(b"Content-Type", b"text/html; charset=utf-8"), (b"ETag", b'"v1"'), (b"Cache-Control", b"public")]
+    if coding:
+        headers.append((b"Content-Encoding", coding.encode()))
+        body = gzip.compress(body)
+    return raw_answer(headers, body)
 
-    seen: list[tuple[str, bytes]] = []
 
-    async def rewrite(facts: RequestFacts, resp: http.Response) -> None:
-        seen.append((facts.path, resp.content or b""))
-        resp.content = b"rewritten"
+def raw_answer(headers: list[tuple[bytes, bytes]], body: bytes, status: int = 200) -> http.Response:
+    resp = http.Response.make(status, b"", http.Headers(headers))
+    resp.raw_content = body
+    resp.headers["Content-Length"] = str(len(body))
+    return resp
 
-    guard.addon.rewrite_html = rewrite
-    f = await guard.exchange(make_flow("/page"), html.copy())
-    assert f.response is not None and f.response.stream is False and f.response.content == b"rewritten"
+
+async def test_response_streaming_flags(guard: Guard, tmp_path: Path) -> None:
+    f = await guard.exchange(make_flow("/page"), html_answer(b"<p>hello</p>"))
+    assert f.response is not None and f.response.stream is False  # HTML: buffered for the PII rewriter
     g = await guard.exchange(make_flow("/file.bin"), tutils.tresp())
-    assert g.response is not None and g.response.stream is True  # not HTML: still streamed
-    assert seen == [("/page", b"message")]
+    assert g.response is not None and g.response.stream is True  # not HTML: streamed untouched
+    await guard.addon.done()
+
+    async for off in start(tmp_path, write_config(tmp_path, "pii: {enabled: false}\n")):
+        h = await off.exchange(make_flow("/page"), html_answer(b"<p>hello</p>"))
+        assert h.response is not None and h.response.stream is True  # PII off: HTML streams too
+
+
+@pytest.mark.parametrize("coding", ["", "gzip"])
+async def test_pii_hidden_field_tokenized_in_the_page_and_swapped_back_on_submit(guard: Guard, coding: str) -> None:
+    f = await guard.exchange(make_flow("/contact"), html_answer(coding=coding))
+    resp = f.response
+    assert resp is not None and resp.status_code == 200
+    page = resp.get_content()
+    assert page is not None and PHONE.encode() not in page
+    token = re.search(rb'name="phone" value="([^"]+)"', page)
+    assert token is not None and TOKEN_RE.fullmatch(token.group(1).decode())
+    assert b'value="c5rf-2021"' in page  # not PII: untouched
+    # the headers of a rewritten page, as ``guard run`` sends them
+    assert resp.headers.get("Content-Encoding") == (coding or None)
+    assert resp.headers["Content-Length"] == str(len(resp.raw_content or b""))
+    assert "ETag" not in resp.headers and resp.headers["Cache-Control"] == "private"
+    (cookie,) = resp.headers.get_all("Set-Cookie")
+    assert cookie.startswith(f"{VAULT_COOKIE}=")
+    browser = cookie.split(";", 1)[0]
+
+    # the form comes back: the upstream gets the phone number again, with the body's new length
+    body = b"phone=" + token.group(1) + b"&csrf=c5rf-2021&message=hello"
+    sub = make_flow("/contact", "POST", headers={**FORM, "Cookie": f"theme=dark; {browser}"}, body=body)
+    await guard.hook(HttpRequestHeadersHook(sub))
+    assert sub.request.stream is False and sub.response is None  # buffered for the swap
+    await guard.hook(HttpRequestHook(sub))
+    assert sub.response is None  # forwarded
+    assert sub.request.content == f"phone={PHONE}&csrf=c5rf-2021&message=hello".encode()
+    assert sub.request.headers["Content-Length"] == str(len(sub.request.content or b""))
+
+    # another browser's cookie opens nothing: the token is emptied, never resolved
+    other = make_flow("/contact", "POST", headers={**FORM, "Cookie": f"{VAULT_COOKIE}={'A' * 22}"}, body=body)
+    await guard.hook(HttpRequestHeadersHook(other))
+    await guard.hook(HttpRequestHook(other))
+    assert PHONE.encode() not in (other.request.content or b"")
+
+    # a GET form: tokens in the query are swapped in ``requestheaders``, the body streams
+    query = make_flow(f"/search?phone={token.group(1).decode()}&q=1", headers={"Cookie": browser})
+    await guard.hook(HttpRequestHeadersHook(query))
+    assert query.request.path == f"/search?phone={PHONE}&q=1" and query.request.stream is True
+
+
+async def test_pii_swap_with_the_store_down_is_a_503_not_blank_fields(
+    guard: Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = await guard.exchange(make_flow("/contact"), html_answer())
+    assert f.response is not None
+    token = re.search(rb'name="phone" value="([^"]+)"', f.response.content or b"")
+    assert token is not None
+    browser = f.response.headers["Set-Cookie"].split(";", 1)[0]
+    assert guard.addon.engine is not None
+
+    async def down(*args: object) -> list[object]:
+        raise StoreError("redis is down")
+
+    monkeypatch.setattr(guard.addon.engine.store, "execute", down)
+    sub = make_flow("/contact", "POST", headers={**FORM, "Cookie": browser}, body=b"phone=" + token.group(1))
+    await guard.exchange(sub)
+    assert sub.response is not None and sub.response.status_code == 503
+
+
+async def test_a_page_that_does_not_decode_is_a_502_not_its_pii(guard: Guard) -> None:
+    broken = raw_answer([(b"Content-Type", b"text/html"), (b"Content-Encoding", b"gzip")], b"not gzip" + CONTACT)
+    f = await guard.exchange(make_flow("/contact"), broken)
+    assert f.response is not None and f.response.status_code == 502
+    assert PHONE.encode() not in (f.response.content or b"")
+
+
+# ---- the challenge: interstitial, code form, held answer or request ------------------------------------
+
+ALICE = "alice@example.com"
+CHALLENGE_PATH = "/.loginguard/challenge"
+
+
+def challenge_config(tmp: Path, smtp: int, mode: str = "step_up") -> Path:
+    return write_config(tmp, f"""\
+challenge:
+  keys: ['{new_key()}']
+  mode: {mode}
+  dispatch_delay: 0s
+  channels:
+    email: {{host: 127.0.0.1, port: {smtp}, security: none, sender: guard@example.com, timeout: 5s}}
+""", CHALLENGE_RULES)
+
+
+def upstream_login() -> http.Response:
+    """The upstream accepting the password: a redirect and its session cookie."""
+    return raw_answer([(b"Location", b"/home"), (b"Set-Cookie", b"SID=upstream-session; HttpOnly")], b"", 302)
+
+
+def challenge_post(cookies: list[str], fields: dict[str, str], code: str, peer: str = "192.0.2.50") -> http.HTTPFlow:
+    jar = "; ".join(c.split(";", 1)[0] for c in cookies)
+    body = urlencode({**fields, "code": code, "op": "verify"}).encode()
+    return make_flow(CHALLENGE_PATH, "POST", peer, {**FORM, "Cookie": jar}, body)
+
+
+async def answered_by_the_addon(guard: Guard, f: http.HTTPFlow) -> http.Response:
+    """Run the request hooks only: whatever the flow gets, the upstream was never asked."""
+    await guard.hook(HttpRequestHeadersHook(f))
+    await guard.hook(HttpRequestHook(f))
+    assert f.response is not None
+    resp = f.response
+    await guard.hook(HttpResponseHeadersHook(f))
+    await guard.hook(HttpResponseHook(f))
+    return resp
+
+
+@pytest.fixture
+async def challenged(
+    tmp_path: Path, mailbox: tuple[Mailbox, int], request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Guard, Mailbox]]:
+    """A guard whose rules challenge every login (``challenge.mode`` from the parameter), and its mailbox."""
+    box, smtp = mailbox
+    async for g in start(tmp_path, challenge_config(tmp_path, smtp, getattr(request, "param", "step_up"))):
+        yield g, box
+
+
+def service(g: Guard) -> Challenges:
+    assert g.addon.engine is not None and isinstance(g.addon.engine.challenges, Challenges)
+    return g.addon.engine.challenges
+
+
+async def test_step_up_holds_the_answer_and_only_the_right_code_releases_it(
+    challenged: tuple[Guard, Mailbox]
+) -> None:
+    g, box = challenged
+    svc = service(g)
+    body = urlencode({"username": ALICE, "password": "right"}).encode()
+    f = await g.exchange(make_flow("/login", "POST", "192.0.2.50", FORM, body), upstream_login())
+    page = f.response
+    assert page is not None and page.status_code == 200 and b"one-time-code" in (page.content or b"")
+    cookies = page.headers.get_all("Set-Cookie")
+    assert not any("SID" in c for c in cookies)  # the upstream's session is held back
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    await svc.drain()
+    code = code_in(box)
+    assert box.messages[0][0].rcpt_tos == [ALICE]
+    fields = form_fields((page.content or b"").decode())
+
+    wrong = await answered_by_the_addon(g, challenge_post(cookies, fields, "000000" if code != "000000" else "1"))
+    assert wrong.status_code != 302 and b"one-time-code" in (wrong.content or b"")
+    assert not any("SID" in c for c in wrong.headers.get_all("Set-Cookie"))
+
+    right = await answered_by_the_addon(g, challenge_post(cookies, fields, code))
+    assert right.status_code == 302 and right.headers["Location"] == "/home"
+    released = right.headers.get_all("Set-Cookie")
+    assert "SID=upstream-session; HttpOnly" in released  # the upstream's answer, as it sent it
+    device = [c for c in released if c.startswith("__Host-lgd")]  # and a trusted-device cookie
+    assert device and right.headers["Content-Length"] == "0"
+
+    # single use: the same code again releases nothing
+    again = await answered_by_the_addon(g, challenge_post(cookies, fields, code))
+    assert again.status_code != 302
+
+    # the trusted device skips the next challenge: the login goes through, the upstream answers
+    nxt = make_flow("/login", "POST", "192.0.2.50", {**FORM, "Cookie": device[0].split(";", 1)[0]}, body)
+    await g.exchange(nxt, upstream_login())
+    assert nxt.response is not None and nxt.response.status_code == 302
+    assert nxt.metadata["loginguard"]["reasons"] == ["always-2fa", "known-device"]
+
+    await g.addon.done()
+    lines = g.access_log()
+    assert [(x["path"], x["status"], x["action"]) for x in lines] == [
+        ("/login", 200, "challenge"), (CHALLENGE_PATH, wrong.status_code, "pass"), (CHALLENGE_PATH, 302, "pass"),
+        (CHALLENGE_PATH, again.status_code, "pass"), ("/login", 302, "log"),
+    ]
+
+
+async def test_a_wrong_password_gets_the_same_interstitial_and_no_code(challenged: tuple[Guard, Mailbox]) -> None:
+    g, box = challenged
+    pages = []
+    for password, answer in (("right", upstream_login()), ("wrong", tutils.tresp(status_code=200))):
+        body = urlencode({"username": ALICE, "password": password}).encode()
+        f = await g.exchange(make_flow("/login", "POST", "192.0.2.51", FORM, body), answer)
+        assert f.response is not None
+        pages.append((f.response.status_code, scrub(f.response.content or b"")))
+    assert pages[0] == pages[1]
+    await service(g).drain()
+    assert len(box.messages) == 1  # only the right password's hold sent a code
+
+
+@pytest.mark.parametrize("challenged", ["before_upstream"], indirect=True)
+@pytest.mark.parametrize("accepted", [True, False], ids=["upstream accepts", "upstream refuses"])
+async def test_before_upstream_holds_the_login_and_forwards_it_once_after_the_code(
+    challenged: tuple[Guard, Mailbox], accepted: bool
+) -> None:
+    g, box = challenged
+    body = urlencode({"username": ALICE, "password": "right" if accepted else "wrong"}).encode()
+    page = await answered_by_the_addon(g, make_flow("/login", "POST", "192.0.2.52", FORM, body))
+    assert page.status_code == 200 and b"one-time-code" in (page.content or b"")
+    await service(g).drain()
+    cookies = page.headers.get_all("Set-Cookie")
+    fields = form_fields((page.content or b"").decode())
+
+    f = challenge_post(cookies, fields, code_in(box), peer="192.0.2.52")
+    await g.hook(HttpRequestHeadersHook(f))
+    await g.hook(HttpRequestHook(f))
+    # the flow is the held login now, and mitmproxy forwards it: once, as it would have gone
+    assert f.response is None
+    assert (f.request.method, f.request.path, f.request.content) == ("POST", "/login", body)
+    assert f.request.headers["X-Forwarded-For"] == "192.0.2.52"
+    f.response = upstream_login() if accepted else tutils.tresp(status_code=200)
+    await g.hook(HttpResponseHeadersHook(f))
+    assert f.response.stream is False  # the outcome decides the device cookie
+    await g.hook(HttpResponseHook(f))
+    released = f.response.headers.get_all("Set-Cookie")
+    # the code proved the second factor, not the password: a trusted device only for an accepted login
+    assert any(c.startswith("__Host-lgd") for c in released) is accepted
+    assert ("SID=upstream-session; HttpOnly" in released) is accepted
+
+
+def scrub(page: bytes) -> bytes:
+    """A page without its random tokens (hold id, CSRF token)."""
+    return re.sub(rb"[A-Za-z0-9_-]{20,}", b"TOKEN", page)
 
 
 # ---- failures are never a forwarded request -----------------------------------------------------------

@@ -3,7 +3,10 @@
 What the hook-level tests cannot show: that mitmproxy loads the file as a
 script, applies ``--set guard_config`` to the option the addon registers, runs
 the async hooks, starts the admin listener on its own event loop, refuses to
-start on a bad config, and shuts everything down on SIGTERM.
+start on a bad config, and shuts everything down on SIGTERM; and that a
+browser-shaped client gets through the challenge (codes mailed by a real SMTP
+server) into the legacy app's session, whose contact form comes back with its
+PII tokenized and goes upstream with the values swapped back.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +28,12 @@ import pytest
 from aiohttp import web
 
 import guard.mitm.addon
+from guard.challenge.keys import new_key
+from guard.pii.token import TOKEN_RE
+from tests.test_challenge_channels import Mailbox
+from tests.test_challenge_e2e import ALICE, code_in, form_fields, legacy, mailbox
+
+__all__ = ["legacy", "mailbox"]  # fixtures: the legacy app (the incident's contact form) and a real SMTP server
 
 pytestmark = pytest.mark.slow
 
@@ -79,8 +89,8 @@ async def upstream() -> AsyncIterator[tuple[int, list[str]]]:
         await runner.cleanup()
 
 
-def write_config(tmp: Path, admin: int, extra: str = "") -> Path:
-    (tmp / "rules.yaml").write_text(RULES)
+def write_config(tmp: Path, admin: int, extra: str = "", rules: str = RULES) -> Path:
+    (tmp / "rules.yaml").write_text(rules)
     path = tmp / "guard.yaml"
     path.write_text(
         "upstream: http://127.0.0.1:9\n"
@@ -218,5 +228,69 @@ async def test_mitmdump_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None
         assert code not in (None, 0)
         out = b"".join(s.read() for s in (proc.stdout, proc.stderr) if s is not None).decode()
         assert "guard.yaml:8:9: store.backend" in out, out
+    finally:
+        stop(proc)
+
+
+CHALLENGE_RULES = """\
+rules:
+  - id: always-2fa
+    description: every login needs a second factor
+    when: {login: true}
+    action: challenge
+"""
+
+
+async def wait_mail(box: Mailbox, count: int, proc: subprocess.Popen[bytes]) -> None:
+    """The code is mailed from mitmdump's process: poll the server's mailbox, never block the loop."""
+    deadline = time.monotonic() + 15
+    while len(box.messages) < count:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError("no code was mailed")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.skipif(not MITMDUMP.exists(), reason="mitmdump is not installed next to this Python")
+async def test_mitmdump_challenge_and_pii_in_front_of_the_legacy_app(
+    tmp_path: Path, legacy: int, mailbox: tuple[Mailbox, int]
+) -> None:
+    box, smtp = mailbox
+    port, admin = free_port(), free_port()
+    extra = (
+        f"challenge:\n  keys: ['{new_key()}']\n  dispatch_delay: 0s\n  channels:\n"
+        f"    email: {{host: 127.0.0.1, port: {smtp}, security: none, sender: guard@example.com, timeout: 5s}}\n"
+    )
+    proc = mitmdump(tmp_path, legacy, port, write_config(tmp_path, admin, extra, CHALLENGE_RULES))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+            await wait_ready(s, proc, admin)
+            # the right password: the interstitial, not the upstream's session
+            login = {"username": ALICE.login, "password": ALICE.password}
+            async with s.post(f"{base}/login", data=login, allow_redirects=False) as r:
+                assert r.status == 200 and "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+                page = await r.text()
+                assert "one-time-code" in page and "SID" not in r.headers.getall("Set-Cookie", [""])[0]
+            await wait_mail(box, 1, proc)
+            assert box.messages[0][0].rcpt_tos == [ALICE.login]
+
+            # the code from the mailbox releases the upstream's answer: its redirect and session cookie
+            form = {**form_fields(page), "code": code_in(box), "op": "verify"}
+            async with s.post(f"{base}/.loginguard/challenge", data=form, allow_redirects=False) as r:
+                assert r.status == 302 and r.headers["Location"] == "/contact"
+                assert any(c.startswith("SID=") for c in r.headers.getall("Set-Cookie"))
+
+            # the session works, and the contact form's hidden phone number comes back as a token
+            async with s.get(f"{base}/contact", allow_redirects=False) as r:
+                assert r.status == 200
+                contact = await r.text()
+                assert any(c.startswith("lgpii=") for c in r.headers.getall("Set-Cookie"))
+            assert "Contact form" in contact and ALICE.phone not in contact and ALICE.user_id not in contact
+            hidden = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', contact))
+            assert TOKEN_RE.fullmatch(hidden["phone"])
+
+            # submitted as the browser would: the upstream gets the real values and recognises its user
+            async with s.post(f"{base}/contact", data={**hidden, "message": "hello"}) as r:
+                assert r.status == 200 and await r.json() == {"received": True, "identified": True}
     finally:
         stop(proc)

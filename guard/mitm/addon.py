@@ -9,11 +9,15 @@ mitmproxy terms.  Which hook does what, and why there:
 * ``requestheaders``: client IP (trusted hops only), bans, IP lists, geo and
   stateless rules, before the body is read: a refused request never reaches the
   upstream, and one announcing a large or chunked body is closed rather than
-  read.  Non-login bodies are streamed; login bodies are buffered.
-* ``request``: a login body is whole: the login rules and the store batch.
+  read.  Non-login bodies are streamed; login bodies, the challenge's code
+  form and submissions that may carry PII tokens are buffered.
+* ``request``: a login body is whole: the login rules and the store batch, and
+  a challenged login held (before_upstream); the code form answered by the
+  addon (``guard.mitm.challenge``); PII tokens swapped back (``guard.mitm.pii``).
 * ``responseheaders``: stream everything except login responses (the outcome
-  classifier reads them) and, when a rewriter is plugged in, HTML.
-* ``response``: the login outcome feeds the counters; the access log line.
+  classifier reads them) and bodies the PII policy rewrites.
+* ``response``: the login outcome feeds the counters (or, step-up, the answer
+  is held behind the interstitial); PII rewritten; the access log line.
 * ``error``: the access log line of a flow that never got a response.
 
 Failure policy, the same as the aiohttp adapter's: an exception in a hook
@@ -25,13 +29,16 @@ otherwise log the exception and forward the flow unguarded); until a valid
 # No ``from __future__ import annotations`` here: mitmproxy executes this file as a
 # script without registering it in ``sys.modules``, and dataclasses resolve string
 # annotations through ``sys.modules[cls.__module__]`` (the e2e test would catch it).
+# Nor a module-level name that is a hook's (``response``, ``request``, ``error``...):
+# mitmproxy calls the script module's own functions as hooks too.
 
 import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -39,8 +46,11 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 import guard.mitm as _package
+import guard.mitm.pii as pii_hooks
 from guard import __version__
 from guard.accesslog import RequestLog
+from guard.challenge.flow import MAX_FORM, login_of
+from guard.challenge.service import Challenges, Login
 from guard.clientip import TrustedProxies, forwarding_chains, normalize, parse_ip, resolve
 from guard.config import Brand, Config, load_config
 from guard.engine import PASS, Action, Decision, Engine, RequestFacts, ResponseFacts
@@ -51,18 +61,20 @@ from guard.http.adminapi import AdminDeps, install
 from guard.http.pages import _PAGE_HEADERS, Pages, wants_json
 from guard.http.settings import MAX_TARPIT
 from guard.http.target import match_path
+from guard.mitm import messages
+from guard.mitm.challenge import ChallengeHooks, Release
 from guard.observe.hub import Observability, decision_log_settings
+from guard.pii.flow import PIIRuntime, Plan
+from guard.pii.vault import Vault
 from guard.store import make_store
 from guard.yamlsource import SourceError
 
 log = logging.getLogger("guard.mitm")
 
-HtmlRewriter = Callable[[RequestFacts, http.Response], Awaitable[None]]
-"""Rewrites a buffered ``text/html`` response in place (PII hidden fields plug in here)."""
-
 # Config keys whose change needs a restart of mitmdump: they shape the store
-# connection, the admin socket and the log file, which live as long as the addon.
-RESTART_KEYS = ("store", "admin", "log")
+# connection, the admin socket, the log file and the challenge service (its keys,
+# channels and health probes), which live as long as the addon.
+RESTART_KEYS = ("store", "admin", "log", "challenge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +85,21 @@ class Settings:
     trusted: TrustedProxies
     pages: Pages
     max_body: int
+    pii: PIIRuntime | None = None     # None: PII off, or the engine (and its vault) not started yet
 
     @classmethod
-    def build(cls, config: Config) -> "Settings":
+    def build(cls, config: Config, engine: Engine | None = None, vault: Vault | None = None) -> "Settings":
+        pii = PIIRuntime(config.pii, engine, vault) if engine is not None and config.pii.enabled else None
         return cls(config, TrustedProxies(config.trusted_proxies), Pages(config.brand),
-                   config.limits.max_body_size)
+                   config.limits.max_body_size, pii)
+
+
+class Stage(Enum):
+    """What the addon itself does with a flow besides deciding it."""
+
+    FORWARD = "forward"    # the usual: decided, then forwarded (or refused)
+    ANSWER = "answer"      # the challenge's code form: answered by the addon, never by the upstream
+    STEP_UP = "step_up"    # a challenged login: the upstream's answer is held behind the interstitial
 
 
 @dataclass(slots=True)
@@ -92,6 +114,11 @@ class FlowState:
     decision: Decision = PASS
     overhead: float = 0.0    # seconds spent in the guard's hooks (decisions, store, tarpit)
     status: int = 0          # status of the guard's own answer; 0 while the flow is forwarded
+    stage: Stage = Stage.FORWARD
+    login: Login | None = None             # STEP_UP: whose code it is
+    release: Release | None = None         # a passed code forwarded the held login: its answer gets cookies
+    submission: pii_hooks.Submission | None = None  # a body to swap PII tokens back in, in ``request``
+    plan: Plan | None = None               # how the response body goes through the PII policy
 
 
 def page(pages: Pages, status: int, accept: str = "") -> http.Response:
@@ -117,9 +144,7 @@ def forwarding_headers(headers: http.Headers, fwd: Forwarding) -> None:
 class GuardAddon:
     """One guard per mitmproxy process: engine, store, request log and admin listener."""
 
-    def __init__(self, rewrite_html: HtmlRewriter | None = None) -> None:
-        """``rewrite_html`` set makes HTML responses buffered and passed to it; None streams them."""
-        self.rewrite_html = rewrite_html
+    def __init__(self) -> None:
         self.settings: Settings | None = None
         self.engine: Engine | None = None
         self.request_log: RequestLog | None = None
@@ -128,6 +153,8 @@ class GuardAddon:
         self._admin: AdminServer | None = None
         self._obs: Observability | None = None
         self._health: Health | None = None
+        self._challenge: ChallengeHooks | None = None
+        self._vault: Vault | None = None
         self._flows: dict[str, FlowState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed_pages = Pages(Brand())      # for the 503s before a config is loaded
@@ -160,9 +187,6 @@ class GuardAddon:
         except SourceError as exc:
             # (mitmproxy's exception classes have untyped constructors)
             raise exceptions.OptionsError(f"guard_config: {exc}") from None  # type: ignore[no-untyped-call]
-        if getattr(config, "challenge", None) is not None:
-            log.warning("loginguard: the challenge flow is not available under mitmproxy yet; "
-                        "the challenge action answers with the block page")
         if self.engine is None:
             if self._runtime is not None:
                 self._runtime.close()
@@ -208,10 +232,20 @@ class GuardAddon:
             engine = Engine(config, store, runtime=runtime)
             await engine.start()
             self.engine = engine
+            # PII tokens are sealed under a key from the engine's secret, shared through the store so
+            # every instance (``guard run`` too) agrees; the engine has no public accessor for it yet.
+            self._vault = Vault(engine._secret, store, engine.clock)
+            self.settings = Settings.build(config, engine, self._vault)
             # the same observers as ``guard run``: decision log, metrics, live view, ledger, webhook
             obs = self._obs = Observability.from_config(config, decision_log=decision_log_settings(config))
             await obs.start(engine)
             self.request_log = RequestLog(obs.fanout, engine)
+            if config.challenge is not None:
+                svc = Challenges(config.challenge, store, clock=engine.clock)
+                self._challenge = ChallengeHooks(svc, engine)
+                await svc.start()
+                svc.observer = obs.fanout   # send failures are metrics
+                engine.challenges = svc     # trusted devices and login notifications, from the engine
             self._health = Health(store)
             app = make_app(self._health)
             deps = AdminDeps.from_hub(obs, engine, config.admin.token, self._reload_from_disk, __version__)
@@ -228,10 +262,11 @@ class GuardAddon:
         """Close in dependency order; one failing step (a store that will not close) skips no other."""
         if self._health is not None:
             self._health.draining = True
-        admin, obs, engine = self._admin, self._obs, self.engine
+        admin, challenge, obs, engine = self._admin, self._challenge, self._obs, self.engine
         self._admin = self._obs = self.engine = self.request_log = None  # from here on, requests get 503
-        # observers flush (decision log, ledger) before the store they may write to goes
-        for resource in (admin, obs, engine):
+        self._challenge = None
+        # pending code deliveries end, and observers flush (decision log, ledger), before the store goes
+        for resource in (admin, challenge, obs, engine):
             if resource is not None:
                 try:
                     await resource.close()
@@ -260,7 +295,7 @@ class GuardAddon:
         if engine is None or old is None:
             return
         await engine.reload(config)
-        self.settings = Settings.build(config)
+        self.settings = Settings.build(config, engine, self._vault)
         later = [k for k in RESTART_KEYS if getattr(old.config, k) != getattr(config, k)]
         if later:
             log.warning("loginguard: changes to %s take effect only after a restart", ", ".join(later))
@@ -296,7 +331,9 @@ class GuardAddon:
             # Seen first here: the flow began under an instance mitmproxy has since reloaded.
             await self.requestheaders(flow)
             state = self._flows.get(flow.id)
-        if state is None or state.facts.login is None or flow.response is not None or not flow.live:
+        if state is None or flow.response is not None or not flow.live:
+            return
+        if state.facts.login is None and state.stage is Stage.FORWARD and state.submission is None:
             return
         engine, settings = self.engine, self.settings
         if engine is None or settings is None:
@@ -304,9 +341,14 @@ class GuardAddon:
             return
         t0 = time.perf_counter()
         try:
-            await self._login_phase(flow, state, engine, settings)
+            if state.stage is Stage.ANSWER:
+                await self._answer_phase(flow, state)
+            elif state.facts.login is not None:
+                await self._login_phase(flow, state, engine, settings)
+            elif state.submission is not None:
+                await self._swap(flow, state, settings, state.submission)
         except Exception:
-            log.exception("loginguard: login phase failed")
+            log.exception("loginguard: request phase failed")
             self._fail(flow)
         finally:
             self._account(flow, t0)
@@ -316,12 +358,12 @@ class GuardAddon:
         resp = flow.response
         if state is None or resp is None or state.status:
             return  # not ours, or the guard's own page (mitmproxy replays this hook for it)
-        if state.facts.login is not None:
-            resp.stream = False  # the outcome classifier reads status, headers and the body's head
-        elif self.rewrite_html is not None and _is_html(resp):
-            resp.stream = False
-        else:
-            resp.stream = True
+        # read whole: the outcome classifier (logins, a released login) and the PII rewriter need the body
+        settings = self.settings
+        pii = settings.pii if settings is not None else None
+        state.plan = pii_hooks.plan(pii, state.facts, resp) if pii is not None else None
+        buffered = state.facts.login is not None or state.release is not None or state.plan is not None
+        resp.stream = not buffered
 
     async def response(self, flow: http.HTTPFlow) -> None:
         state = self._flows.pop(flow.id, None)
@@ -333,17 +375,7 @@ class GuardAddon:
         if not state.status:
             upstream_s = _upstream_seconds(flow.request, resp)
             try:
-                engine = self.engine
-                facts = state.facts
-                if facts.login is not None and engine is not None:
-                    head = b""
-                    peek = engine.response_peek(facts.login)
-                    if peek:
-                        # decoded (mitmproxy inflates any coding); outcome reads it with the original headers
-                        head = (resp.get_content(strict=False) or b"")[:peek]
-                    await engine.on_response(facts, ResponseFacts(resp.status_code, resp.headers, head))
-                if self.rewrite_html is not None and not resp.stream and _is_html(resp):
-                    await self.rewrite_html(facts, resp)
+                resp = await self._response_phase(flow, state, resp)
             except Exception:
                 log.exception("loginguard: response phase failed")
                 resp = self._answer(flow, state, 500)
@@ -384,11 +416,18 @@ class GuardAddon:
         # so a body too large to buffer is refused by closing the connection instead.
         length = _content_length(req)
         too_large = length is not None and length > settings.max_body
+        challenge = self._challenge
         if not decision.forwards:
             if too_large or (length is None and "chunked" in headers.get("Transfer-Encoding", "")):
                 self._close(flow, state, _refusal_status(decision))
             else:
                 self._refuse(flow, state, decision)
+        elif challenge is not None and challenge.answers(req.method, path):
+            if length is not None and length > MAX_FORM:
+                self._close(flow, state, 413)
+            else:
+                state.stage = Stage.ANSWER
+                req.stream = False  # answered in ``request`` from the whole form, never forwarded
         elif login is not None:
             if too_large:
                 self._close(flow, state, 413)
@@ -399,7 +438,17 @@ class GuardAddon:
                 await asyncio.sleep(min(decision.delay, MAX_TARPIT))
             if isinstance(flow.client_conn.proxy_mode, ReverseMode):
                 forwarding_headers(headers, _forwarding(settings, facts))
-            req.stream = True
+            pii = settings.pii
+            sub = pii_hooks.submission(pii, facts, req, length, settings.max_body) if pii is not None else None
+            if sub is None or not sub.buffered:
+                req.stream = True
+                if sub is not None:
+                    await self._swap(flow, state, settings, sub)  # tokens in the query only: the body streams
+            elif too_large:
+                self._close(flow, state, 413)  # a form over the limit, as for logins
+            else:
+                state.submission = sub
+                req.stream = False  # buffered: ``request`` swaps the tokens in the whole body
 
     async def _login_phase(
         self, flow: http.HTTPFlow, state: FlowState, engine: Engine, settings: Settings
@@ -414,6 +463,10 @@ class GuardAddon:
             later = await engine.on_login(facts)
         finally:
             facts.body = None  # the password has been fingerprinted: do not keep it around
+        challenge = self._challenge
+        if later.action is Action.CHALLENGE and not later.shadow and challenge is not None:
+            await self._challenge_login(flow, state, challenge, settings, later)
+            return
         if not later.forwards:
             self._refuse(flow, state, later)
             return
@@ -422,6 +475,77 @@ class GuardAddon:
             await asyncio.sleep(min(decision.delay, MAX_TARPIT))
         if isinstance(flow.client_conn.proxy_mode, ReverseMode):
             forwarding_headers(flow.request.headers, _forwarding(settings, facts))
+
+    async def _challenge_login(
+        self, flow: http.HTTPFlow, state: FlowState, challenge: ChallengeHooks, settings: Settings,
+        decision: Decision,
+    ) -> None:
+        """The challenge action: hold the request now (before_upstream), or its answer later (step-up)."""
+        state.decision = decision
+        login = login_of(state.facts)
+        if login is None:
+            self._refuse(flow, state, decision)  # no username to send a code for: the challenge cannot be met
+            return
+        if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            forwarding_headers(flow.request.headers, _forwarding(settings, state.facts))
+        if challenge.before_upstream:
+            self._respond(flow, state, await challenge.hold_request(flow.request, login))
+        else:
+            state.stage, state.login = Stage.STEP_UP, login  # forwarded: ``response`` holds the answer
+
+    async def _answer_phase(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """The code form's POST: a page, the held answer, or the held login now forwarded once."""
+        challenge = self._challenge
+        if challenge is None:  # the service is gone (shutting down)
+            self._answer(flow, state, 503)
+            return
+        result = await challenge.answer(flow.request, state.facts)
+        if isinstance(result, Release):
+            state.release = result  # the flow is the held login now; mitmproxy forwards it
+        else:
+            self._respond(flow, state, result)
+
+    async def _swap(
+        self, flow: http.HTTPFlow, state: FlowState, settings: Settings, sub: pii_hooks.Submission
+    ) -> None:
+        """PII tokens in a submission become the original values again, before the upstream sees it."""
+        pii = settings.pii
+        if pii is None:
+            return
+        status = await pii_hooks.swap(pii, state.facts, flow.request, sub, settings.max_body)
+        if status:
+            self._answer(flow, state, status)
+
+    async def _response_phase(self, flow: http.HTTPFlow, state: FlowState, resp: http.Response) -> http.Response:
+        """The upstream answered: hold it (step-up), or learn the login's outcome; then PII.  The response sent."""
+        engine, settings, challenge, facts = self.engine, self.settings, self._challenge, state.facts
+        if state.stage is Stage.STEP_UP:
+            if challenge is None or state.login is None:
+                return self._answer(flow, state, 503)  # shutting down: never the held answer without its code
+            return self._respond(flow, state, await challenge.hold_answer(resp, facts, state.login))
+        if engine is None or settings is None:
+            return resp  # shutting down: the engine cannot count it any more
+        if facts.login is not None:
+            head = b""
+            peek = engine.response_peek(facts.login)
+            if peek:
+                # decoded (mitmproxy inflates any coding); outcome reads it with the original headers
+                head = (resp.get_content(strict=False) or b"")[:peek]
+            outcome = await engine.on_response(facts, ResponseFacts(resp.status_code, resp.headers, head))
+            for cookie in engine.after_login(facts, outcome):  # a rotated trusted-device cookie
+                resp.headers.add("Set-Cookie", cookie)
+            reset = await engine.forced_reset(facts, outcome)
+            if reset is not None:
+                # an exposed account: send it to the password reset, not into its session
+                flow.response = messages.response(303, (("Location", reset), ("Cache-Control", "no-store")), b"")
+                return flow.response
+        elif state.release is not None and challenge is not None:
+            await challenge.released_answer(resp, facts, state.release)
+        pii = settings.pii
+        if state.plan is not None and pii is not None and not resp.stream:
+            if not await pii_hooks.rewrite(pii, facts, flow.request, resp, state.plan):
+                return self._answer(flow, state, 502)
+        return resp
 
     # ---- helpers --------------------------------------------------------------------------------
 
@@ -458,6 +582,15 @@ class GuardAddon:
         resp = flow.response = page(pages, status, flow.request.headers.get("Accept", ""))
         state.status = status
         return resp
+
+    def _respond(self, flow: http.HTTPFlow, state: FlowState, answer: http.Response | int) -> http.Response:
+        """The guard's own answer: a response built by a flow (a challenge page), or a status's branded page."""
+        if isinstance(answer, int):
+            return self._answer(flow, state, answer)
+        flow.request.stream = False  # mitmproxy refuses a response together with a streamed request
+        flow.response = answer
+        state.status = answer.status_code
+        return answer
 
     def _record(self, state: FlowState, status: int, upstream_s: float | None) -> None:
         if self.request_log is not None:
@@ -496,11 +629,6 @@ def _content_length(req: http.Request) -> int | None:
     if value is None or not value.strip().isdigit():
         return None  # chunked, or malformed (mitmproxy has refused the malformed ones already)
     return int(value)
-
-
-def _is_html(resp: http.Response) -> bool:
-    content_type: str = resp.headers.get("Content-Type", "")
-    return content_type.lower().startswith(("text/html", "application/xhtml+xml"))
 
 
 def _upstream_seconds(req: http.Request, resp: http.Response) -> float:
