@@ -363,6 +363,12 @@ class Config(_Model):
     proxy_protocol: bool = Field(
         False, description="expect a PROXY protocol v1 or v2 header on every public connection"
     )
+    proxy_protocol_from: tuple[Cidr, ...] | None = Field(
+        None,
+        description="with proxy_protocol: the balancers' addresses; a connection from any other peer is closed "
+        "unread, since its PROXY header would choose its own client address.  Unset: any peer is believed "
+        "(guard check warns)",
+    )
     trusted_proxies: tuple[Cidr, ...] = Field(
         (), description="peers whose X-Forwarded-For / Forwarded headers are believed"
     )
@@ -412,6 +418,15 @@ class Config(_Model):
         description="where the memory store keeps what must survive a restart (fingerprint key, exposure "
         "ledger); relative to the config file",
     )
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _proxy_protocol_from(cls, v: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        if v is not None and info.data.get("proxy_protocol") is False:
+            raise ValueError("only applies with proxy_protocol: true (without it no PROXY header is read at all)")
+        if v == ():
+            raise ValueError("empty: no peer could connect; list the balancers' addresses, or leave it out")
+        return v
 
     @field_validator("upstream")
     @classmethod

@@ -12,6 +12,13 @@ start on a clean byte boundary.  The header must arrive within
 ``timeouts.client_header`` and fit in 536 bytes (107 for v1); a missing or
 malformed header closes the connection without a reply, since the peer is a
 load balancer that does not speak HTTP to us before the header.
+
+A PROXY header names the client, so whoever may send one chooses the address every
+IP rule, ban and allowlist sees.  With ``proxy_protocol_from`` set, a connection
+from any other peer is closed at accept, before a byte is read: a client that
+reaches the port directly (a missing security group, a flat network) gets nothing,
+not even an HTTP error.  Read at each accept from the live settings, so a reload
+that changes the list applies to the next connection.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import socket
 import ssl
 
 from guard import proxyproto
+from guard.clientip import TrustedProxies, parse_ip
 from guard.http.protocol import GuardWebServer
 from guard.units import HostPort
 
@@ -75,6 +83,8 @@ class Listener:
         self._aio_server: asyncio.Server | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._senders: tuple[tuple[str, ...] | None, TrustedProxies | None] = (None, None)
+        self.refused_peers = 0      # connections closed because their peer may not send a PROXY header
         self.port: int = sock.getsockname()[1]
 
     async def start(self) -> None:
@@ -109,7 +119,7 @@ class Listener:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                conn, _ = await loop.sock_accept(self._sock)
+                conn, peer = await loop.sock_accept(self._sock)
             except OSError as exc:
                 if exc.errno in _ACCEPT_SKIP:
                     continue
@@ -119,6 +129,12 @@ class Listener:
                     continue
                 raise
             conn.setblocking(False)
+            if not self._may_send_proxy_header(peer):
+                self.refused_peers += 1
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("closed a connection from %s: not in proxy_protocol_from", peer[0])
+                conn.close()
+                continue
             rt = self._server.settings
             if self._server.open_connections + len(self._handshakes) >= rt.max_connections:
                 conn.close()  # nothing can be said before the PROXY header (or TLS): just close
@@ -126,6 +142,17 @@ class Listener:
             task = loop.create_task(self._handshake(conn, rt.client_header))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
+
+    def _may_send_proxy_header(self, peer: object) -> bool:
+        """Whether ``proxy_protocol_from`` (unset: anyone) lets this socket peer name a client."""
+        cidrs = self._server.settings.config.proxy_protocol_from
+        if cidrs is None:
+            return True
+        if self._senders[0] is not cidrs:       # compiled once per config, not per connection
+            self._senders = (cidrs, TrustedProxies(cidrs))
+        senders = self._senders[1]
+        ip = parse_ip(peer[0]) if isinstance(peer, tuple) and peer and isinstance(peer[0], str) else None
+        return ip is not None and senders is not None and ip in senders
 
     async def _handshake(self, conn: socket.socket, deadline: float) -> None:
         loop = asyncio.get_running_loop()
