@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import socket
 import struct
 import time
@@ -311,35 +313,72 @@ async def test_whatever_is_accepted_is_reframed_and_never_smuggles(
     assert b"/smuggled" not in b" ".join(recorder.request_lines())
 
 
-LLHTTP_MID_BODY = pytest.mark.xfail(
-    strict=True,
-    reason="BUG (guard/http/protocol.py GuardProtocol.data_received): with aiohttp's C parser a chunk "
-    "framing error after the head only queues a 400 for later; the in-flight request's payload never "
-    "gets EOF or an exception, so the streamed upload, its upstream connection and the client hang",
-)
-
-
-@pytest.mark.parametrize("which", [pytest.param("llhttp", marks=LLHTTP_MID_BODY), "python"])
 async def test_bad_chunk_after_the_upstream_started_gets_no_complete_request(
-    which: str, recorder: RecordingUpstream, make_guard: GuardFactory, monkeypatch: pytest.MonkeyPatch
+    parser: str, recorder: RecordingUpstream, make_guard: GuardFactory
 ) -> None:
-    """A streamed (non-login) body whose chunking breaks mid-way: the upstream gets a cut request."""
-    if which == "python":
-        monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    """A streamed (non-login) body whose chunking breaks mid-way: the upstream gets a cut request.
+
+    llhttp only queues its 400 for after the in-flight request; the guard fails that
+    request's body itself (``GuardProtocol._fail_body``), or the upload would hang.
+    """
     g = await make_guard(recorder.url, timeouts={"upstream_read": 2})
     reader, writer = await asyncio.open_connection("127.0.0.1", g.port)
     writer.write(post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n", b"/upload"))
     await asyncio.wait_for(recorder.head_seen.wait(), 5)
     writer.write(b"zz\r\n" + SMUGGLED)
+    started = time.monotonic()
     try:
-        out = await read_all(reader, limit=3)   # the guard closes (with or without a page)
+        out = await read_all(reader, limit=3)   # returns only once the guard closes
     finally:
         writer.close()
+    assert time.monotonic() - started < 1.5, "the broken upload must end at once, not at a timeout"
+    assert responses(out) == 1, "one answer for the broken request, none for the smuggled bytes"
+    assert_branded(parse_response(out), 400)
     await asyncio.wait_for(recorder.done.wait(), 3)
-    assert responses(out) <= 1
     assert recorder.request_lines() == [b"POST /upload"]
     assert recorder.requests[0].complete is False, "the cut body must not end with a terminating chunk"
+    assert recorder.requests[0].body == b"hello", "the good chunk went on; the bad one and the rest did not"
+    assert b"0\r\n\r\n" not in recorder.raw and b"smuggled" not in recorder.raw
     await wait_until(lambda: g.server.in_flight == 0 and g.server.open_connections == 0)
+    entry = g.log()[-1]
+    assert (entry["path"], entry["status"]) == ("/upload", 400), "the client's broken body, not a 502"
+
+
+BLOCK_ADMIN = """
+rules:
+  - id: no-admin
+    description: nobody reaches /admin
+    when: {path: {prefix: /admin}}
+    action: block
+"""
+
+
+async def test_bad_chunk_after_the_answer_closes_at_once(
+    parser: str, recorder: RecordingUpstream, make_guard: GuardFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Answered (blocked) before its body is in; then the chunking breaks while aiohttp drains the rest.
+
+    The connection closes at once instead of after the 2 s lingering drain.  On llhttp,
+    where the guard ends the body itself, aiohttp logs nothing (its Python parser fails
+    the body on its own, and aiohttp logs that as an unhandled exception: not ours).
+    """
+    g = await make_guard(recorder.url, rules=BLOCK_ADMIN)
+    reader, writer = await asyncio.open_connection("127.0.0.1", g.port)
+    try:
+        writer.write(post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n", b"/admin/x"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        writer.write(b"zz\r\n" + SMUGGLED)
+        started = time.monotonic()
+        out = head + await read_all(reader, limit=3)   # returns only once the guard closes
+        waited = time.monotonic() - started
+    finally:
+        writer.close()
+    assert waited < 1.0, f"closed after {waited:.2f}s: the broken body was drained, not ended"
+    assert responses(out) == 1
+    assert_branded(parse_response(out), 403)
+    assert recorder.connections == 0
+    if parser == "llhttp":
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.parametrize("where", ["login", "stream"])
@@ -474,26 +513,145 @@ async def test_client_reset_mid_upload_releases_the_upstream_connection(
     assert recorder.request_lines()[1:] == [b"GET /one", b"GET /two"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (guard/http/proxy.py ProxyHandler._forward): a streamed (non-login) request body has no "
-    "deadline; aiohttp starts the upstream read timeout only once the body is sent, so a client that "
-    "stops mid-upload holds an upstream pool connection for ever (upstream_connections of them is a DoS). "
-    "Fix: wrap request.content in a reader that fails after timeouts.client_body of silence",
-)
 async def test_a_stalled_upload_does_not_hold_an_upstream_connection(
     recorder: RecordingUpstream, make_guard: GuardFactory
 ) -> None:
+    """A client silent mid-upload for client_body gets a 408; the single pooled upstream connection is freed."""
     g = await make_guard(recorder.url, limits={"upstream_connections": 1},
                          timeouts={"client_body": 0.3, "upstream_connect": 1, "upstream_read": 1})
-    _, stalled = await asyncio.open_connection("127.0.0.1", g.port)
+    reader, stalled = await asyncio.open_connection("127.0.0.1", g.port)
     try:
         stalled.write(post(b"Content-Length: 1000\r\n", b"x" * 10, b"/upload"))   # then nothing more
+        started = time.monotonic()
         await asyncio.wait_for(recorder.head_seen.wait(), 5)
-        out, _ = await exchange(g.port, b"GET /next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", idle=3)
-        assert parse_response(out).status == 200, "the only upstream connection is still held by the stall"
+        out = await read_all(reader, limit=3)   # returns only once the guard closes
+        waited = time.monotonic() - started
     finally:
         stalled.close()
+    assert 0.25 <= waited < 1.5, f"the 408 came after {waited:.2f}s of silence, client_body is 0.3s"
+    assert responses(out) == 1
+    assert_branded(parse_response(out), 408)
+    await asyncio.wait_for(recorder.done.wait(), 3)
+    assert recorder.requests[0].complete is False and recorder.requests[0].body == b""
+    await wait_until(lambda: g.server.in_flight == 0)
+    assert g.log()[-1]["path"] == "/upload" and g.log()[-1]["status"] == 408
+    out, _ = await exchange(g.port, b"GET /next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", idle=3)
+    assert parse_response(out).status == 200, "the only upstream connection is still held by the stall"
+    assert recorder.request_lines() == [b"POST /upload", b"GET /next"]
+
+
+async def test_client_body_is_an_idle_timeout_not_a_deadline_for_the_whole_upload(
+    recorder: RecordingUpstream, make_guard: GuardFactory
+) -> None:
+    """An upload that keeps coming may take far longer than client_body in all."""
+    g = await make_guard(recorder.url, timeouts={"client_body": 0.5})
+    reader, writer = await asyncio.open_connection("127.0.0.1", g.port)
+    body = b"0123456789" * 10
+    try:
+        writer.write(post(b"Content-Length: %d\r\nConnection: close\r\n" % len(body), b"", b"/upload"))
+        for i in range(0, len(body), 10):   # 10 pieces, 0.1 s apart: 1 s in all, twice client_body
+            await asyncio.sleep(0.1)
+            writer.write(body[i : i + 10])
+            await writer.drain()
+        out = await read_all(reader)
+    finally:
+        writer.close()
+    assert parse_response(out).status == 200
+    assert recorder.requests[0].complete and recorder.requests[0].body == body
+
+
+@dataclass
+class SlowReader:
+    """An upstream that reads a request head, then nothing for ``pause`` seconds, then the whole body."""
+
+    pause: float
+    got: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:"))
+            await asyncio.sleep(self.pause)   # the guard's writes back up: the client is not the silent one
+            self.got = len(await reader.readexactly(length))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_an_upstream_slow_to_read_the_upload_is_not_the_clients_silence(make_guard: GuardFactory) -> None:
+    """Backpressure from the upstream stops the guard reading the client: that wait is not client_body's."""
+    slow = SlowReader(pause=1.0)
+    server = await asyncio.start_server(slow.serve, "127.0.0.1", 0)
+    try:
+        g = await make_guard(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", timeouts={"client_body": 0.3})
+        size = 32 * 1024 * 1024   # more than the socket buffers on both hops hold: the client is held back
+        reader, writer = await asyncio.open_connection("127.0.0.1", g.port)
+        try:
+            writer.write(post(b"Content-Length: %d\r\nConnection: close\r\n" % size, b"", b"/upload"))
+            piece = b"x" * (1024 * 1024)
+            for _ in range(size // len(piece)):
+                writer.write(piece)
+                await writer.drain()
+            out = await read_all(reader, limit=10)
+        finally:
+            writer.close()
+    finally:
+        server.close()
+    assert parse_response(out).status == 200
+    assert slow.got == size
+
+
+@pytest.mark.parametrize(("how", "logged"), [("stall", 408), ("bad chunk", 400)])
+async def test_an_upload_failing_after_the_upstream_answered_closes_the_client_connection(
+    how: str, logged: int, make_guard: GuardFactory
+) -> None:
+    """The upstream answers before the body is in, then the upload fails: cut at once, not held for ever.
+
+    The upstream waits for the rest of the body (upstream_idle is 30 s): only the guard
+    closing its answer ends the exchange.
+    """
+    upstream_eof = asyncio.Event()
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nearly\r\n")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):   # whatever of the body comes, until the guard hangs up
+                pass
+        upstream_eof.set()
+        writer.close()
+
+    server = await asyncio.start_server(early, "127.0.0.1", 0)
+    try:
+        g = await make_guard(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                             timeouts={"client_body": 0.3, "upstream_idle": 30})
+        reader, writer = await asyncio.open_connection("127.0.0.1", g.port)
+        try:
+            if how == "stall":
+                writer.write(post(b"Content-Length: 1000\r\n", b"x" * 10, b"/upload"))   # then nothing more
+            else:
+                writer.write(post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n", b"/upload"))
+                got = await asyncio.wait_for(reader.readuntil(b"early\r\n"), 3)   # the answer has started
+                writer.write(b"zz\r\n")
+            started = time.monotonic()
+            out = await read_all(reader, limit=3)   # returns only once the guard closes
+            waited = time.monotonic() - started
+            if how != "stall":
+                out = got + out
+        finally:
+            writer.close()
+        await asyncio.wait_for(upstream_eof.wait(), 3)
+    finally:
+        server.close()
+    assert waited < 1.5, f"the failed exchange lasted {waited:.2f}s more"
+    resp = parse_response(out)
+    assert resp.status == 200 and resp.body == b"early"
+    assert not out.endswith(b"0\r\n\r\n"), "a cut response must never look complete"
+    await wait_until(lambda: g.server.in_flight == 0 and g.server.open_connections == 0)
+    entry = g.log()[-1]
+    assert (entry["path"], entry["status"]) == ("/upload", logged), "logged as what ended it: the upload"
 
 
 async def test_client_reset_mid_login_body_never_reaches_the_upstream(
@@ -515,19 +673,49 @@ async def test_client_reset_mid_login_body_never_reaches_the_upstream(
 # ---- what an accepted request keeps -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (guard/http/headers.py request_headers + aiohttp's C header writer): aiohttp decodes "
-    "non-UTF-8 field bytes with surrogateescape and its C serializer silently drops the surrogates "
-    "(the pure-Python writer raises UnicodeEncodeError instead: a 500 and a traceback per request)",
-)
-async def test_non_utf8_header_bytes_reach_the_upstream_unchanged(
-    recorder: RecordingUpstream, make_guard: GuardFactory
+@pytest.mark.parametrize("accept", ["", "application/json"])
+async def test_non_utf8_header_bytes_are_refused_never_altered(
+    accept: str, parser: str, recorder: RecordingUpstream, make_guard: GuardFactory
 ) -> None:
-    """obs-text (RFC 9110 section 5.5) is legal in a field value; a proxy must pass it on as is."""
+    """obs-text (RFC 9110 section 5.5) aiohttp's client cannot write back unchanged: refused, not altered.
+
+    aiohttp decodes such bytes with surrogateescape; its C header writer drops them
+    silently and its Python one raises.  So the guard answers a branded 400 (JSON for
+    API clients), logs it, and the upstream gets nothing.
+    """
     g = await make_guard(recorder.url)
-    out, _ = await exchange(g.port, b"GET /x HTTP/1.1\r\nHost: h\r\nX-Legacy: \x82\xa0 ok\r\n"
-                                    b"Connection: close\r\n\r\n")
-    assert parse_response(out).status in (200, 400)
-    if parse_response(out).status == 200:
-        assert dict(recorder.requests[0].headers)[b"x-legacy"] == b"\x82\xa0 ok"
+    extra = b"Accept: %s\r\n" % accept.encode() if accept else b""
+    out, closed = await exchange(g.port, b"GET /x HTTP/1.1\r\nHost: h\r\nX-Legacy: \x82\xa0 ok\r\n" + extra
+                                 + b"Connection: close\r\n\r\n")
+    assert closed and responses(out) == 1
+    resp = parse_response(out)
+    if accept:
+        assert resp.status == 400 and resp.header("Content-Type") == ["application/json"]
+        assert json.loads(resp.body)["status"] == 400
+    else:
+        assert_branded(resp, 400)
+    assert recorder.connections == 0 and not recorder.raw
+    assert g.log()[-1]["status"] == 400
+
+
+async def test_utf8_header_text_reaches_the_upstream_unchanged(
+    parser: str, recorder: RecordingUpstream, make_guard: GuardFactory
+) -> None:
+    """Non-ASCII that is valid UTF-8 is written back as the same bytes: only undecodable bytes are refused."""
+    value = "café 東京".encode()
+    g = await make_guard(recorder.url)
+    out, _ = await exchange(g.port, b"GET /x HTTP/1.1\r\nHost: h\r\nX-Legacy: " + value
+                            + b"\r\nConnection: close\r\n\r\n")
+    assert parse_response(out).status == 200
+    assert dict(recorder.requests[0].headers)[b"x-legacy"] == value
+
+
+async def test_a_non_ascii_request_target_is_refused_by_both_parsers(
+    parser: str, recorder: RecordingUpstream, make_guard: GuardFactory
+) -> None:
+    """llhttp refuses it; the Python parser accepts it, and the upstream would get ``/admin`` for ``/adm\\x82in``."""
+    g = await make_guard(recorder.url)
+    out, closed = await exchange(g.port, b"GET /adm\x82in HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert closed and responses(out) == 1
+    assert_branded(parse_response(out), 400)
+    assert recorder.connections == 0 and not recorder.raw

@@ -6,13 +6,17 @@ by sending a header byte every few seconds), no cap on a head's *total* size
 (only per line), no per-worker connection limit, and it answers parse errors
 with its own plain-text body.  ``GuardProtocol`` adds those four things.
 
+It also ends an in-flight body whose framing breaks mid-way: aiohttp's C
+parser (llhttp) only queues a 400 for after the current request, leaving that
+request's payload waiting for bytes that will never be parsed.
+
 It subclasses ``RequestHandler`` and overrides the asyncio protocol callbacks
 plus ``handle_error``; it reads a few of the handler's private attributes
 (``_request_count``, ``_messages``, ``_upgraded``, ``_payload_parser``,
-``_request_in_progress``) and queues an ``_ErrInfo`` to answer an oversized
-head.  That coupling is the price of not re-implementing HTTP/1.1 parsing;
-``tests/test_proxy_limits.py`` pins every behaviour here, so an aiohttp upgrade
-that moves them fails loudly.
+``_request_in_progress``, ``_close``) and queues an ``_ErrInfo`` to answer an
+oversized head.  That coupling is the price of not re-implementing HTTP/1.1
+parsing; ``tests/test_proxy_limits.py`` and ``tests/test_robust_http.py`` pin
+every behaviour here, so an aiohttp upgrade that moves them fails loudly.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from aiohttp import web
 from aiohttp.http import RawRequestMessage
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 from guard.clientip import parse_ip
 from guard.http.settings import Settings
@@ -139,11 +143,12 @@ class GuardProtocol(RequestHandler):
     # ---- request head deadline and size -------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if not self._open:
-            return
+        if not self._open or self._close:
+            return  # closing (``close``): aiohttp parses nothing more either
         timed = self._head_timer is not None         # a head is under way (or the first is awaited)
         in_head = timed or self._awaiting_head()     # these bytes start or continue a head
         count = self._request_count
+        body = self._body
         super().data_received(data)
         limit = self._guard.settings.max_header_size
         if self._request_count != count:
@@ -151,6 +156,8 @@ class GuardProtocol(RequestHandler):
             if timed:
                 self._cancel_head_timer()
             messages = self._messages
+            if body is not None and messages and isinstance(messages[-1][0], _ErrInfo) and not body.is_eof():
+                self._fail_body(body)
             if in_head and messages and self._head_bytes + len(data) > limit:
                 # The read that completed the head may have crossed the limit: measure it.
                 msg = messages[-1][0]
@@ -167,6 +174,32 @@ class GuardProtocol(RequestHandler):
                 self._refuse(431, answer=True)  # RFC 6585 section 5: too large in total
             elif not timed:
                 self._arm_head_timer(self._guard.settings)
+
+    def _fail_body(self, body: StreamReader) -> None:
+        """Break the in-flight body: the parser gave up on it (bad chunk framing after the head).
+
+        llhttp raises out of ``feed_data`` and aiohttp queues a 400 that is answered only
+        after the current handler returns, while that handler may be streaming this body
+        to the upstream, waiting for ever.  ``close`` stops all parsing on this connection
+        (nothing after broken framing can be trusted as a request; the queued 400 is
+        dropped, the handler answers), so ending the body is safe.  It ends with an
+        exception, so a reader aborts and the upstream never gets a complete request
+        (the Python parser sets its own, which quotes the client's bytes; ours does not).
+        The order matters: while the handler runs, the exception comes first, so its
+        waiting read fails instead of seeing a clean end; otherwise the handler is done
+        (aiohttp's lingering read, which would log the exception as unhandled, just
+        ends) or not started yet (its first read raises, whatever the order).
+        """
+        self.close()
+        failure = RequestPayloadError("request body framing broke mid-way")
+        if self._request_in_progress:
+            if body.exception() is None:
+                body.set_exception(failure)
+            body.feed_eof()
+        else:
+            body.feed_eof()
+            if body.exception() is None:
+                body.set_exception(failure)
 
     def _awaiting_head(self) -> bool:
         """True between requests: the last body is complete and nothing is upgraded."""

@@ -10,7 +10,10 @@ layer is paid again at each suspension.
 Failure policy: any unexpected exception before the response starts becomes a
 branded 500 page and a logged traceback (never an empty 200); after the
 response has started, the client connection is closed so a truncated body can
-never pass for a complete one.
+never pass for a complete one.  A streamed upload that fails on the client's
+side (silent for ``timeouts.client_body``: 408; broken framing: 400) aborts the
+upstream request the same way, and is logged as the client's failure, not the
+upstream's.
 
 Timing written to the request log: ``upstream`` is the wait for the upstream's
 response head; ``overhead`` is the guard's share of the time to the first
@@ -27,6 +30,7 @@ import time
 from typing import cast
 
 from aiohttp import ClientError, ClientOSError, ClientResponse, ServerDisconnectedError, web
+from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
 
 from guard.accesslog import RequestLog
@@ -74,6 +78,93 @@ class ProxyResponse(web.StreamResponse):
             headers.popall("Content-Type", None)
 
 
+class ClientBodyTimeout(asyncio.TimeoutError):
+    """A client went silent mid-upload for ``timeouts.client_body``.
+
+    A ``TimeoutError`` so that aiohttp's lingering read of the unread body, after
+    the 408 has gone out, ends on it quietly instead of logging an error.
+    """
+
+
+class BodyFeed:
+    """``request.content`` as the upstream client reads it, with an idle deadline.
+
+    aiohttp's client starts its read timeout only once the request body is sent,
+    so without this a client that stops mid-upload holds an upstream pool
+    connection for ever.  Only waits on the client count as silence: time spent
+    while the upstream is slow to take a chunk (backpressure) is not the client's.
+    One timer per request, re-armed lazily at its deadline like aiohttp's
+    keep-alive timer, not one per read: a read costs a clock read and a few
+    attribute writes.  On expiry the body stream fails, which aborts the upload
+    and with it the upstream request while its head is awaited; if the head is
+    already in, the upstream's response is closed, so the pool connection is
+    never left waiting on an upload that will not come.
+    """
+
+    __slots__ = ("_content", "_idle", "_loop", "_seen", "_since", "_timer", "_waiting", "failed", "response")
+
+    def __init__(self, content: StreamReader, idle: float) -> None:
+        self._content = content
+        self._idle = idle
+        self._loop = asyncio.get_running_loop()
+        self._since = 0.0   # when the current wait for the client began
+        self._seen = 0      # bytes received from the client when it began
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting = False
+        self.failed = 0     # the status the client earned: 408 silent, 400 broken or gone; 0 while fine
+        self.response: ClientResponse | None = None  # the upstream's answer, once its head is in
+
+    def __aiter__(self) -> BodyFeed:
+        return self
+
+    async def __anext__(self) -> bytes:
+        content = self._content
+        loop = self._loop
+        self._since = now = loop.time()
+        self._seen = content.total_bytes
+        if self._timer is None:
+            self._timer = loop.call_at(now + self._idle, self._check)
+        self._waiting = True
+        try:
+            chunk = await content.readany()
+        except Exception:
+            # silent (the timer failed the stream), or broken framing or a reset: the client's fault
+            self._fail(self.failed or 400)
+            raise
+        finally:
+            self._waiting = False
+        if not chunk:
+            self.stop()
+            raise StopAsyncIteration
+        return chunk
+
+    def _fail(self, status: int) -> None:
+        self.failed = status
+        self.stop()
+        if self.response is not None:
+            # The upload is over, so nothing would end an answer that waits for the rest of
+            # it.  Closed from outside this task: it is aiohttp's writer, which closing cancels.
+            self._loop.call_soon(self.response.close)
+
+    def _check(self) -> None:
+        self._timer = None
+        content = self._content
+        if not self._waiting or content.total_bytes != self._seen or content.is_eof():
+            return  # not waiting on the client, or it just spoke: the next read re-arms
+        deadline = self._since + self._idle
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._check)
+            return
+        self.failed = 408
+        content.set_exception(ClientBodyTimeout())  # wakes the read above, which fails the rest
+
+    def stop(self) -> None:
+        """No more deadline: the body ended, failed, or the request is over."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class ProxyHandler:
     """Callable given to aiohttp's low-level ``web.Server``; ``rt`` is swapped on reload."""
 
@@ -108,9 +199,13 @@ class ProxyHandler:
             client_ip, _ = resolve(peer, rt.trusted, xff, fwd_list)
         else:
             client_ip = peer  # forwarding headers from an untrusted peer are ignored
-        target = parse_target(request.raw_path)
+        raw = request.raw_path
+        # A request target is ASCII (RFC 3986).  llhttp refuses others; the Python parser
+        # lets them through and aiohttp's client would drop the undecodable bytes on the way
+        # out, so the upstream would get another path than the rules saw.
+        target = parse_target(raw) if raw.isascii() else None
         host = headers.get("Host")
-        if target is None:
+        if target is None or not forwardable(headers):
             facts = RequestFacts(client_ip, method, "", headers=headers, peer=peer, scheme=rt.scheme)
             return self._page(request, rt, facts, PASS, 400, t0, close=True)
         if target.host is not None:
@@ -130,7 +225,7 @@ class ProxyHandler:
                 return self._refuse(request, rt, facts, decision, t0)
             flow = rt.challenge
             if flow is not None and method == "POST" and path == flow.path:
-                resp = await flow.answer(request, rt, facts)
+                resp: web.StreamResponse = await flow.answer(request, rt, facts)
                 self.log.record(facts, decision, resp.status, None, self._time() - t0)
                 return resp
             if login is not None:
@@ -184,6 +279,7 @@ class ProxyHandler:
         """The challenge action: step-up after the password, or hold before the upstream."""
         flow = rt.challenge
         upstream_s: float | None = None
+        resp: web.StreamResponse | None  # typed here: ``Settings.challenge`` is Any
         if flow.mode == "before_upstream":
             resp, status = await flow.before_upstream(request, rt, facts, target, fwd)
         else:
@@ -204,6 +300,7 @@ class ProxyHandler:
         out_headers = request_headers(request.headers, fwd, rt.host_override or target.host)
         peek = 0
         data: object = None
+        feed: BodyFeed | None = None
         if facts.login is not None:
             peek = rt.engine.response_peek(facts.login)
             if peek:
@@ -214,7 +311,10 @@ class ProxyHandler:
             out_headers = with_length(out_headers, len(data))
         elif request.body_exists:
             await send_continue(request)
-            data = request.content  # streamed: aiohttp keeps Content-Length, or chunks
+            content = request.content  # streamed: aiohttp keeps Content-Length, or chunks
+            # a body that came whole with its head cannot stall: no deadline to keep
+            whole = content.is_eof() and content.exception() is None
+            data = content if whole else (feed := BodyFeed(content, rt.client_body))
 
         # ---- the upstream's head (and what of the body came with it) ----
         upstream, method, path_qs = self.upstream, request.method, target.path_qs
@@ -229,12 +329,17 @@ class ProxyHandler:
                     if not upstream.may_retry(exc, method, data):
                         raise  # a pooled connection closed under us: once more on a fresh one
                     up = await upstream.request(method, path_qs, out_headers, None, rt.upstream_timeout)
+                if feed is not None:
+                    feed.response = up  # from now on a stalled upload must close the answer too
                 # The first body bytes: what the outcome classifier needs, or whatever came
                 # with the head, so that head and body can leave in one write.
                 first = await read_response_head(up, peek) if peek else up.content.read_nowait()
             except (TimeoutError, ClientError, OSError) as exc:
                 if up is not None:
                     up.close()
+                if feed is not None and feed.failed:
+                    # the upload failed on the client's side: its unread rest makes the connection unusable
+                    return self._page(request, rt, facts, decision, feed.failed, t0, close=True)
                 status = failure_status(exc)
                 self._upstream_failed(exc, status)
                 return self._page(request, rt, facts, decision, status, t0)
@@ -282,9 +387,13 @@ class ProxyHandler:
                     try:
                         chunk = await content.readany()
                     except (TimeoutError, ClientError, OSError) as exc:
-                        # The upstream failed mid-body.  Closing the client connection is the
-                        # only honest signal left: a short or unterminated body (RFC 9112 section 8).
-                        self._upstream_failed(exc, 0)
+                        # The upstream failed mid-body, or was cut because the upload did.  Closing
+                        # the client connection is the only honest signal left: a short or
+                        # unterminated body (RFC 9112 section 8).
+                        if feed is not None and feed.failed:
+                            status = feed.failed  # logged as what ended it: the client's upload
+                        else:
+                            self._upstream_failed(exc, 0)
                         up.close()
                         request.protocol.force_close()
                         return resp
@@ -306,6 +415,8 @@ class ProxyHandler:
             return resp
         finally:
             self._in_flight -= 1
+            if feed is not None:
+                feed.stop()
             if up is not None:
                 up.release()  # back to the pool if the body was read to the end; closed otherwise
 
@@ -334,6 +445,26 @@ class ProxyHandler:
     ) -> web.StreamResponse:
         self.log.record(facts, decision, status, None, self._time() - t0)
         return rt.pages.response(status, request.headers.get("Accept", ""), close=close)
+
+
+def forwardable(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether every field value can reach the upstream byte for byte.
+
+    aiohttp decodes non-UTF-8 bytes in a value (obs-text, RFC 9110 section 5.5:
+    Latin-1, Shift_JIS) with surrogateescape, and its client cannot write them
+    back: the C header writer silently drops them, the Python one raises.  A
+    proxy that alters a header it forwards disagrees with the upstream about
+    what the client sent, so such a request is refused with a 400 instead.
+    One ``isascii`` per value (about 0.3 us a request); only non-ASCII values,
+    rare, are encoded to tell UTF-8 text (passed) from undecodable bytes.
+    """
+    for value in headers.values():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:  # a surrogate: bytes that were not UTF-8
+                return False
+    return True
 
 
 def is_websocket(headers: CIMultiDictProxy[str]) -> bool:
