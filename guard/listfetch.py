@@ -5,7 +5,16 @@ nothing, or is mostly garbage never replaces the list already in use.  The guard
 with the last good version (from memory, or after a restart from the on-disk cache) and
 counts the failure, so an outage of a list publisher, a captive portal's HTML page, or a
 truncated download degrades freshness, never protection.  A download is read under a size
-cap (counted after decompression, so a gzip bomb stops at the cap) and a total timeout.
+cap (counted after decompression, so a gzip bomb stops at the cap) and a total timeout
+(across redirects).
+
+Redirects are followed only within the configured URL's origin (scheme, host and port), at
+most ``MAX_REDIRECTS``.  Whoever answers for that origin can already serve any list, so a
+same-origin hop adds nothing; a hop to another origin would let a compromised publisher, its
+CDN, or anyone on the path of a plain-http URL point the guard's GET at an internal address
+(a cloud metadata endpoint, an admin port), or downgrade https to http.  It is refused and
+counted like any failed download, and the reason names the target's origin (never its path or
+query) so the operator can configure the final URL instead.
 
 Parsing a million lines takes a second or two of CPU, so it runs in a worker thread, as do
 stat, file reads and cache writes: the event loop only does the HTTP exchange.  Log lines
@@ -36,6 +45,7 @@ from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+from yarl import URL
 
 from guard.iplists import NamedLists, ParseResult, parse_bytes, read_list
 
@@ -45,6 +55,8 @@ log = logging.getLogger("guard.listfetch")
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT = 30.0
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # A list that is more than half bad lines is a different format or an error page, not a list.
 DEFAULT_MAX_BAD_RATIO = 0.5
 # File lists are a stat() away, so they are checked this often even when ``refresh`` is long.
@@ -140,6 +152,25 @@ def _safe_url(url: str) -> str:
     except ValueError:
         return "<unparseable URL>"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return url.scheme.lower(), (url.host or "").lower(), url.port   # port: the scheme's default if unset
+
+
+def _same_origin_redirect(current: URL, location: str | None) -> URL:
+    """The redirect's target, if it stays within ``current``'s origin; else :class:`_Refused`."""
+    if not location:
+        raise _Refused(Outcome.FAILED, "redirect without a Location")
+    try:
+        target = current.join(URL(location))
+    except ValueError:
+        raise _Refused(Outcome.FAILED, "redirect to an unparseable Location") from None
+    if _origin(target) != _origin(current):
+        scheme, host, port = _origin(target)
+        shown = f"{scheme}://{host}" + (f":{port}" if port is not None else "") if host else "an unparseable origin"
+        raise _Refused(Outcome.FAILED, f"redirect to another origin refused ({shown}); configure the final URL")
+    return target
 
 
 def _cache_file(cache_dir: Path, name: str) -> Path:
@@ -469,25 +500,30 @@ class ListFetcher:
         """``(body, etag, last_modified)``; body None on 304.  Raises :class:`_Refused` otherwise."""
         cap = slot.source.max_bytes
         session = await self._session_for()
+        target = URL(url)
         try:
-            async with session.get(
-                url, headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout), max_redirects=5
-            ) as resp:
-                if resp.status == 304 and slot.installed:
-                    return None, None, None
-                if resp.status != 200:
-                    raise _Refused(Outcome.FAILED, f"HTTP {resp.status}")
-                if resp.content_length is not None and resp.content_length > cap:
-                    raise _Refused(Outcome.REJECTED, f"body is larger than max_bytes ({cap})")
-                chunks: list[bytes] = []
-                size = 0
-                # counted after decompression, so a small gzip that inflates past the cap stops here
-                async for chunk in resp.content.iter_chunked(1 << 16):
-                    size += len(chunk)
-                    if size > cap:
-                        raise _Refused(Outcome.REJECTED, f"body is larger than max_bytes ({cap})")
-                    chunks.append(chunk)
-                return b"".join(chunks), resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+            async with asyncio.timeout(self._timeout):      # the whole exchange, redirects included
+                for _ in range(MAX_REDIRECTS + 1):
+                    async with session.get(target, headers=headers, allow_redirects=False) as resp:
+                        if resp.status in _REDIRECTS:
+                            target = _same_origin_redirect(target, resp.headers.get("Location"))
+                            continue
+                        if resp.status == 304 and slot.installed:
+                            return None, None, None
+                        if resp.status != 200:
+                            raise _Refused(Outcome.FAILED, f"HTTP {resp.status}")
+                        if resp.content_length is not None and resp.content_length > cap:
+                            raise _Refused(Outcome.REJECTED, f"body is larger than max_bytes ({cap})")
+                        chunks: list[bytes] = []
+                        size = 0
+                        # counted after decompression, so a small gzip that inflates past the cap stops here
+                        async for chunk in resp.content.iter_chunked(1 << 16):
+                            size += len(chunk)
+                            if size > cap:
+                                raise _Refused(Outcome.REJECTED, f"body is larger than max_bytes ({cap})")
+                            chunks.append(chunk)
+                        return b"".join(chunks), resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+                raise _Refused(Outcome.FAILED, f"more than {MAX_REDIRECTS} redirects")
         except TimeoutError:
             raise _Refused(Outcome.FAILED, f"timed out after {self._timeout:g}s") from None
         except aiohttp.ClientError as exc:
