@@ -239,7 +239,7 @@ def test_suite_report_prints_one_table_with_verdicts() -> None:
     assert "+30" in text  # Redis's CPU beside the guard's
     assert "[PASS] guard >= 0.9x baseline throughput" in text  # 6500 / 7000
     assert "[n/a ] guard >= 7x mitmproxy throughput (GET /page)" in text
-    assert "[FAIL] Redis round trips per login decision == 1" in text
+    assert "[FAIL] Redis round trips per forwarded login decision == 1" in text
     assert "[PASS] list of 1M CIDRs: lookup (median) <= 10 us" in text
     assert "[PASS] HTML rewrite >= 50 MB/s" in text
     assert "8 PASS, 1 FAIL, 2 n/a" in text
