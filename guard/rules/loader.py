@@ -210,6 +210,12 @@ class _Compiler:
                 (*loc, "action"),
                 "blocking on a per-account key lets anyone lock the owner out; use challenge instead",
             )
+        if args.action == "tarpit" and account_keyed(cond):
+            # a delay is a softer lock-out: anyone who knows a username makes its owner wait up to 30 s a login
+            self.fail(
+                (*loc, "action"),
+                "tarpit on a per-account key lets anyone slow the owner's logins; use challenge instead",
+            )
 
 
 # What an anonymous attacker who knows a username can make true by itself: request
@@ -221,7 +227,7 @@ def account_keyed(cond: Condition) -> bool:
     """True when a per-username counter alone (plus request shape) can make ``cond`` hold.
 
     Such a rule lets anyone who knows a username trigger it against its owner, so it
-    may only challenge (never block or ban), and its score can never reach a block.
+    may only challenge (never block, ban or tarpit), and its score can never reach a block.
     """
     return _reach(cond) == "account"
 
