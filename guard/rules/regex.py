@@ -4,9 +4,10 @@ The strings rules match (path, headers, User-Agent, AS organisation) come from
 the attacker, and so do the request paths ``match: regex`` login endpoints see and
 the ``Location`` headers outcome patterns see (upstreams echo the path into them).
 Python's ``re`` backtracks: a pattern such as ``(a+)+$`` takes time exponential in
-the input, and the input cut at ``MAX_MATCH_INPUT`` (2048 characters) does not save
-it (40 characters already take minutes).  RE2 runs in time linear in the input
-for every pattern it accepts, so the bound holds whatever the rule author wrote.
+the input, and no cut of the input saves it (40 characters already take minutes).
+RE2 runs in time linear in the input for every pattern it accepts, so the work is
+bounded by the input (rule conditions cut it at ``MAX_MATCH_INPUT``, 1 MiB; a login
+path and a ``Location`` by the HTTP parsers' head limits) whatever the rule author wrote.
 
 RE2 leaves out the features that need backtracking: backreferences (``\\1``),
 lookahead and lookbehind, atomic groups and possessive quantifiers, and a few
