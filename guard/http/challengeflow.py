@@ -1,4 +1,4 @@
-"""The challenge action over HTTP: hold, show the interstitial, release on the right code.
+"""The challenge action over HTTP (aiohttp): hold, show the interstitial, release on the right code.
 
 Three entry points from the proxy handler:
 
@@ -18,6 +18,8 @@ Three entry points from the proxy handler:
   not the password: only when the upstream accepts the login does the browser
   get the trusted-device cookie and the engine learn a released login.
 
+What the engine and the service make of each step is shared with the
+mitmproxy addon (``guard.challenge.flow``); this module only moves bytes.
 Every hold lives in the store, so another instance can answer it and it
 survives a restart with Redis.  A store failure here never releases a held
 answer: it is a 503 page.
@@ -25,56 +27,35 @@ answer: it is a 503 page.
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from typing import TYPE_CHECKING
 
-from aiohttp import ClientError, ClientResponse, web
+from aiohttp import ClientError, web
 from multidict import CIMultiDict
 
-from guard.engine import Decision, RequestFacts, ResponseFacts
-from guard.engine.core import LoginState, request_cookies
+from guard.challenge import flow as steps
+from guard.engine import Decision, RequestFacts
+from guard.engine.core import request_cookies
 from guard.http.bodies import read_response_head
-from guard.http.headers import HOP_BY_HOP, readable_encodings, request_headers
+from guard.http.headers import readable_encodings, request_headers
 from guard.http.target import match_path, parse_target
 from guard.http.upstream import failure_status
 from guard.store.base import StoreError
 
 if TYPE_CHECKING:
-    from guard.challenge import Answer, Challenges, HeldMessage, Login, Page
+    from guard.challenge import Answer, Challenges, HeldMessage, Page
     from guard.http.headers import Forwarding
     from guard.http.settings import Settings
     from guard.http.target import Target
     from guard.http.upstream import Upstream
 
-log = logging.getLogger("guard.challenge")
 
-MAX_FORM = 16 * 1024  # the code form is four short fields
+MAX_FORM = steps.MAX_FORM
 
 
-def page_response(page: Page, extra_cookies: tuple[str, ...] = ()) -> web.Response:
+def page_response(page: Page) -> web.Response:
     headers: CIMultiDict[str] = CIMultiDict(page.headers)
-    for cookie in extra_cookies:
-        headers.add("Set-Cookie", cookie)
     headers.popall("Content-Length", None)
     return web.Response(status=page.status, body=page.body, headers=headers)
-
-
-def held_response(msg: HeldMessage, set_cookies: tuple[str, ...], restart: str) -> web.Response:
-    """The upstream's held answer, as it sent it, with the cookies the challenge adds."""
-    headers: CIMultiDict[str] = CIMultiDict()
-    for k, v in msg.headers:
-        if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
-            headers.add(k, v)
-    for cookie in set_cookies:
-        headers.add("Set-Cookie", cookie)
-    if msg.body_dropped:
-        # The body was too large to hold: a redirect beats an empty body that looks complete.
-        headers.popall("Content-Encoding", None)
-        if "Location" not in headers:
-            headers["Location"] = restart
-        return web.Response(status=303, headers=headers)
-    return web.Response(status=msg.status, body=msg.body, headers=headers)
 
 
 class ChallengeFlow:
@@ -84,28 +65,12 @@ class ChallengeFlow:
         self.path = svc.settings.path
         self.mode = svc.settings.mode
 
-    def _login(self, facts: RequestFacts, secure: bool) -> Login | None:
-        from guard.challenge import Login
-
-        state = facts.scratch
-        if not isinstance(state, LoginState) or state.ctx is None:
-            return None
-        ctx = state.ctx
-        if ctx.username is None or ctx.user_key is None:
-            return None
-        headers = facts.headers
-        return Login(
-            ctx.username, ctx.user_key, facts.client_ip,
-            accept=headers.get("Accept", ""), accept_language=headers.get("Accept-Language", ""), secure=secure,
-        )
-
     async def step_up(
         self, request: web.BaseRequest, rt: Settings, facts: RequestFacts, target: Target,
         fwd: Forwarding, decision: Decision,
     ) -> tuple[web.StreamResponse | None, int, float | None]:
         """(response, status for the log, upstream seconds); response None: refuse with the block page."""
-        engine = rt.engine
-        login = self._login(facts, facts.scheme == "https")
+        login = steps.login_of(facts)
         if login is None:
             return None, 403, None  # no username to send a code for: the challenge cannot be met
         out = readable_encodings(request_headers(request.headers, fwd, rt.host_override or target.host))
@@ -117,42 +82,38 @@ class ChallengeFlow:
             return rt.pages.response(status, request.headers.get("Accept", "")), status, None
         try:
             body = bytearray()
-            while len(body) <= cap:
+            while len(body) <= cap:  # one byte over the cap is enough: the body is dropped, not refused
                 chunk = await up.content.readany()
                 if not chunk:
                     break
                 body += chunk
-            peek = bytes(body[: max(engine.response_peek(facts.login or ""), 0)])
-            outcome = await engine.on_response(facts, ResponseFacts(up.status, up.headers, peek), seen=False)
-            headers = [(k, v) for k, v in up.headers.items()]
-            msg = self.svc.response_message(up.status, headers, bytes(body) if len(body) <= cap else bytes(body) + b"x")
+            fields = list(up.headers.items())
+            status = up.status
         finally:
             up.release()
         try:
-            page = await self.svc.step_up(login, msg, password_ok=outcome == "success")
+            page = await steps.hold_answer(self.svc, rt.engine, facts, login, status, fields, bytes(body))
         except StoreError:
             return rt.pages.response(503, request.headers.get("Accept", "")), 503, None
-        engine.observer.challenge("issued", "step_up")
         return page_response(page), page.status, None
 
     async def before_upstream(
         self, request: web.BaseRequest, rt: Settings, facts: RequestFacts, target: Target, fwd: Forwarding
     ) -> tuple[web.StreamResponse | None, int]:
-        login = self._login(facts, facts.scheme == "https")
+        login = steps.login_of(facts)
         if login is None:
             return None, 403
         out = request_headers(request.headers, fwd, rt.host_override or target.host)
         if rt.engine.response_peek(facts.login or ""):
             out = readable_encodings(out)  # the outcome of the forwarded login is classified on release
         try:
-            msg = self.svc.request_message(request.method, target.path_qs, out, facts.body or b"")
+            page = await steps.hold_request(
+                self.svc, rt.engine, login, request.method, target.path_qs, out, facts.body or b""
+            )
         except ValueError:
             return rt.pages.response(413, request.headers.get("Accept", "")), 413
-        try:
-            page = await self.svc.before_upstream(login, msg)
         except StoreError:
             return rt.pages.response(503, request.headers.get("Accept", "")), 503
-        rt.engine.observer.challenge("issued", "before_upstream")
         return page_response(page), page.status
 
     async def answer(self, request: web.BaseRequest, rt: Settings, facts: RequestFacts) -> web.StreamResponse:
@@ -161,30 +122,17 @@ class ChallengeFlow:
         raw = await request.content.read(MAX_FORM + 1)
         if len(raw) > MAX_FORM:
             return rt.pages.response(413, accept, close=True)
-        form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
-        secure = facts.scheme == "https"
         try:
-            ans: Answer = await self.svc.answer(
-                form, request_cookies(request.headers), client_ip=facts.client_ip, accept=accept,
-                accept_language=request.headers.get("Accept-Language", ""), secure=secure,
-            )
+            ans = await steps.answer(self.svc, rt.engine, facts, steps.read_form(raw), request_cookies(request.headers))
         except StoreError:
             return rt.pages.response(503, accept)
-        engine = rt.engine
-        verdict = ans.verdict.value if ans.verdict is not None else "forbidden"
-        engine.observer.challenge("exhausted" if ans.locked else _EVENT.get(verdict, verdict))
-        if ans.flag_source:
-            reason = "challenge-guess-budget" if ans.locked else "challenge-exhausted"
-            await engine.flag_source(facts.client_ip, reason)
         if ans.page is not None:
             return page_response(ans.page)
         msg = ans.released
         if msg is None:  # pragma: no cover - the service sets exactly one of page / released
             return rt.pages.response(500, accept)
         if not msg.is_request:
-            if ans.account_key is not None and ans.login_id is not None:
-                await engine.login_released(ans.login_id, ans.account_key, facts.client_ip)
-            return held_response(msg, ans.set_cookies, self.svc.settings.restart_path)
+            return page_response(steps.released(msg, ans.set_cookies, self.svc.settings.restart_path))
         return await self._forward_held(request, rt, facts, ans, msg)
 
     async def _forward_held(
@@ -201,20 +149,19 @@ class ChallengeFlow:
         target = parse_target(msg.target)
         endpoint = engine.match_login(msg.method, match_path(target.path)) if target is not None else None
         peek = engine.response_peek(endpoint) if endpoint is not None else 0
+        accept = request.headers.get("Accept", "")
         try:
             up = await self.upstream.request(msg.method, msg.target, list(msg.headers), msg.body, rt.upstream_timeout)
         except (TimeoutError, ClientError, OSError) as exc:
-            return rt.pages.response(failure_status(exc), request.headers.get("Accept", ""))
+            return rt.pages.response(failure_status(exc), accept)
         try:
             try:
                 first = await read_response_head(up, peek) if peek else up.content.read_nowait()
             except (TimeoutError, ClientError, OSError) as exc:
-                return rt.pages.response(failure_status(exc), request.headers.get("Accept", ""))
-            accepted = endpoint is not None and self._outcome(rt, endpoint, up, first) == "success"
-            if accepted and ans.account_key is not None and ans.login_id is not None:
-                await engine.login_released(ans.login_id, ans.account_key, facts.client_ip)
+                return rt.pages.response(failure_status(exc), accept)
+            cookies = await steps.after_release(engine, facts, ans, endpoint, up.status, up.headers, first)
             resp = ProxyResponse(up.status, up.reason, up.headers)  # hop-by-hop fields stripped
-            for cookie in (*ans.set_cookies, *(ans.if_accepted if accepted else ())):
+            for cookie in cookies:
                 resp.headers.add("Set-Cookie", cookie)
             try:
                 await resp.prepare(request)
@@ -232,19 +179,3 @@ class ChallengeFlow:
             return resp
         finally:
             up.release()
-
-    @staticmethod
-    def _outcome(rt: Settings, endpoint: str, up: ClientResponse, first: bytes) -> str:
-        """What the upstream said of the forwarded login (``success`` / ``failure`` / ``unknown``)."""
-        from guard.engine.outcome import classify
-
-        ep = rt.engine.rt.logins.endpoints.get(endpoint)
-        return "unknown" if ep is None else str(classify(ep.outcome, up.status, up.headers, first))
-
-
-_EVENT: dict[str, Any] = {
-    "passed": "passed", "wrong": "failed", "exhausted": "exhausted", "expired": "expired",
-    "code_expired": "expired", "resent": "resent", "resend_limited": "resend_limited",
-}
-"""Verdicts as the metrics name them; the offer's own (``enrolled``, ...) pass through: a passed code
-that leads to the offer was counted ``passed`` already."""
