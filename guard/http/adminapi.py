@@ -263,25 +263,26 @@ def account_key(engine: Engine, login: str) -> str:
     return username_key(engine._secret, norm.normalize(login))
 
 
-def _enrolments(st: _State, login: str) -> Any:
-    """The TOTP enrolments of the running challenge service, or the error to answer with."""
-    svc = st.deps.engine.challenges
+def _totp_target(request: web.Request) -> tuple[Any, str, float] | web.Response:
+    """(the challenge service's TOTP enrolments, the path's account key, now), or the error to answer with."""
+    engine = _state(request).deps.engine
+    svc = engine.challenges
     if svc is None or "totp" not in svc.channels:
         return _error(409, "TOTP is not configured: set challenge (channels.totp.enabled is the default)")
+    login = request.match_info["login"]
     if not 0 < len(login) <= MAX_LOGIN:
         return _error(400, f"the login id must be 1 to {MAX_LOGIN} characters")
-    return svc.enrolments
+    return svc.enrolments, account_key(engine, login), engine.clock.now()
 
 
 async def totp_put(request: web.Request) -> web.Response:
     """Import an account's authenticator secret (base32), replacing any it had; the login id is never logged."""
     from guard.challenge.channels.totp import decode_secret
 
-    st = _state(request)
-    login = request.match_info["login"]
-    enrolments = _enrolments(st, login)
-    if isinstance(enrolments, web.Response):
-        return enrolments
+    target = _totp_target(request)
+    if isinstance(target, web.Response):
+        return target
+    enrolments, key, now = target
     try:
         body = await request.json()
     except ValueError:
@@ -293,9 +294,8 @@ async def totp_put(request: web.Request) -> web.Response:
         decode_secret(secret)
     except ValueError as exc:  # the message names the problem, never the secret
         return _error(400, f"secret: {exc}")
-    engine = st.deps.engine
     try:
-        await enrolments.enroll(account_key(engine, login), secret, engine.clock.now())
+        await enrolments.enroll(key, secret, now)
     except StoreError:
         return _error(503, "the store is unavailable")
     log.info("TOTP enrolment imported through the admin API")
@@ -304,14 +304,12 @@ async def totp_put(request: web.Request) -> web.Response:
 
 async def totp_delete(request: web.Request) -> web.Response:
     """Remove an account's authenticator: its next challenge uses the other channels."""
-    st = _state(request)
-    login = request.match_info["login"]
-    enrolments = _enrolments(st, login)
-    if isinstance(enrolments, web.Response):
-        return enrolments
-    engine = st.deps.engine
+    target = _totp_target(request)
+    if isinstance(target, web.Response):
+        return target
+    enrolments, key, now = target
     try:
-        removed = await enrolments.remove(account_key(engine, login), engine.clock.now())
+        removed = await enrolments.remove(key, now)
     except StoreError:
         return _error(503, "the store is unavailable")
     log.info("TOTP enrolment removed through the admin API", extra={"removed": removed})
