@@ -38,7 +38,10 @@ UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 OVERHEAD_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 0.1, 0.5)
 STORE_BUCKETS = (100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 1.0)
 
-CHALLENGE_EVENTS = frozenset({"issued", "passed", "failed", "expired", "exhausted", "send_failed"})
+CHALLENGE_EVENTS = frozenset({
+    "issued", "passed", "failed", "expired", "exhausted", "send_failed", "resent", "resend_limited",
+    "enrolled", "enrol_skipped", "enrol_wrong",
+})
 _LABEL_OK = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _STATUS_CLASS = {c: f"{c}xx" for c in range(1, 6)}
 
