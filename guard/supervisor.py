@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -35,6 +36,22 @@ def _install_uvloop() -> str:
     return "uvloop"
 
 
+def settle_heap() -> None:
+    """Collect once, then move everything alive into the permanent generation (``gc.freeze``).
+
+    What start-up (or a reload) built -- compiled rules, IP lists, GeoIP readers, pydantic
+    models, imported modules -- lives as long as the process.  Left in the oldest
+    generation, every full collection walks all of it again while requests wait: on a
+    slow core, tens of milliseconds of loop stall and a p99 that shows it.  Frozen, a full
+    collection walks only what requests left behind.  Objects a reload replaces are still
+    freed by reference counting; the collection here takes whatever cycles they formed
+    (``gc.unfreeze`` first, so the previous freeze is collected too).
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(config_path: Path, config: Config, worker: int = 0) -> int:
     """Run one worker until SIGTERM/SIGINT; SIGHUP reloads the config from ``config_path``."""
     from guard.http.server import GuardServer
@@ -46,6 +63,7 @@ async def serve(config_path: Path, config: Config, worker: int = 0) -> int:
     except OSError as exc:
         log.error("cannot listen: %s", exc, extra={"worker": worker})
         return 2
+    settle_heap()
     log.info(
         "guard serving",
         extra={
@@ -90,6 +108,7 @@ async def serve(config_path: Path, config: Config, worker: int = 0) -> int:
                 _count_reload(server, ok=False)
                 continue
             _count_reload(server, ok=True)
+            settle_heap()
             log.info("config reloaded", extra={"worker": worker})
 
     reload_task = loop.create_task(reloader())

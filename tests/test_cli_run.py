@@ -228,3 +228,18 @@ async def test_bad_config_exits_2_with_located_problems(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "guard", "run", "-c", str(cfg)], capture_output=True, text=True)
     assert res.returncode == 2
     assert f"{cfg}:3:3: store.backend: Input should be 'memory' or 'redis'" in res.stderr
+
+
+def test_settle_heap_freezes_what_start_up_built() -> None:
+    """After start-up, full collections must not walk the rules, lists and modules again."""
+    import gc
+
+    from guard.supervisor import settle_heap
+
+    try:
+        settle_heap()
+        frozen = gc.get_freeze_count()
+        assert frozen > 10_000  # the imported guard, aiohttp and pydantic at least
+        assert len(gc.get_objects(generation=2)) < frozen
+    finally:
+        gc.unfreeze()
