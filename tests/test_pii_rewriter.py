@@ -153,6 +153,9 @@ def test_css_selectors() -> None:
         f'<input type=hidden value="ja" VALUE="{MAIL}" value={PHONE}>',
         f'<input type=hidden value="{PHONE}"/>',
         f'<input type=hidden value={PHONE}/>',
+        f'<input type="&#104;idden" value="{PHONE}">',   # a browser decodes the reference: hidden
+        f'<input type="hid&#100;en" value="{PHONE}">',
+        f'<input type="&#x68;&#x69;dden" value="{PHONE}">',
     ],
 )
 def test_hidden_value_never_survives(tag: str) -> None:
@@ -395,3 +398,11 @@ def test_short_page_without_charset() -> None:
     page = f'<input type=hidden value="{PHONE}">'.encode()
     out, rw = rewrite(default_policy(), page, charset=None, chunk=4)
     assert PHONE.encode() not in out and rw.codec is None
+
+
+def test_inputs_that_cannot_be_hidden_pass_unparsed_and_unchanged() -> None:
+    """The hidden-only policy's prefilter: text, password and checkbox inputs are not even parsed."""
+    page = (f'<form><input type="text" name="tel" value="{PHONE}"><input type=password value="{MAIL}">'
+            f'<input type=checkbox value="{PHONE}" checked></form>').encode()
+    out, rw = rewrite(default_policy(), page)
+    assert out == page

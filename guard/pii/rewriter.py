@@ -89,7 +89,7 @@ from guard.pii.lexer import (
     raw_end_pattern,
     skip_pattern,
 )
-from guard.pii.policy import Policy
+from guard.pii.policy import Policy, Scope
 from guard.pii.report import Report, Skip
 
 # Scanner states.
@@ -132,6 +132,7 @@ class HTMLRewriter:
         self._skip_foreign = skip_pattern(policy.interest, True)
         self._elements = policy.interest.elements
         self._attr_needle = _attr_needle(policy)
+        self._input_needle = _input_needle(policy)
         self._closed = False
 
     # -- public ------------------------------------------------------------------
@@ -352,7 +353,7 @@ class HTMLRewriter:
     def _wants(self, name: bytes, tag: bytes) -> bool:
         """Whether the policy could change this tag (a cheap test before parsing it)."""
         if name in self._elements:
-            return True
+            return name != b"input" or self._input_needle is None or self._input_needle.search(tag) is not None
         return self._attr_needle is not None and self._attr_needle.search(tag) is not None
 
     def _wants_tag(self, tag: bytes) -> bool:
@@ -467,6 +468,21 @@ def _self_closing(tag: bytes) -> bool:
     for m in ATTR_RE.finditer(tag, name_m.end() if name_m else 0, len(tag) - 1):
         last = m.end()
     return is_self_closing(tag, last)
+
+
+def _input_needle(policy: Policy) -> re.Pattern[bytes] | None:
+    """For a policy that reads only hidden inputs: what an ``<input>`` must contain to be parsed.
+
+    Most inputs of a page (text, password, checkbox, submit) cannot be hidden, and parsing
+    their attributes is most of the rewriter's cost on a form page.  A hidden input's
+    ``type`` spells ``hidden`` in some case, or hides it behind a character reference
+    (``&#104;idden``, which browsers decode): a tag with neither is passed on unparsed.
+    None when the policy looks further (other inputs, ``data-*``, CSS selectors).
+    """
+    if policy.interest.attr_prefixes or any(s.css is not None for s in policy.selectors):
+        return None
+    scopes = frozenset().union(*(s.scopes for s in policy.selectors))
+    return re.compile(rb"hidden|&", re.IGNORECASE) if scopes <= {Scope.HIDDEN} else None
 
 
 def _attr_needle(policy: Policy) -> re.Pattern[bytes] | None:
