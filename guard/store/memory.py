@@ -8,12 +8,22 @@ sets capped at ``max_members`` per slice, and at most ``SLICES`` live slices
 per counter.  Expiry follows the ``now`` the engine passes in, never the wall
 clock, so the virtual clock of tests and ``guard test`` drives it too.
 
-Every part of a key (its value, counter and distinct set) lives in one entry,
-so the LRU bound counts logical keys and ``Delete`` is one pop.  Expired
-entries are reclaimed by a timing wheel: each entry is filed under the second
-it may die; the buckets that come due are examined a few dozen entries per
-call, so reclaiming never stalls a request the way a full scan of a million
-keys would.
+The parts of a key (its value, counter and distinct set) are held in a few
+parallel dicts keyed by the key, so the LRU bound counts logical keys and
+``Delete`` clears them all.  Expired keys are reclaimed by a timing wheel:
+each key is filed under the second it may die; the buckets that come due are
+examined a few dozen keys per call, so reclaiming never stalls a request the
+way a full scan of a million keys would.
+
+Why parallel dicts of plain values rather than an object per key: every full
+collection of the cyclic garbage collector walks every object it tracks while
+the event loop waits, and an attacker sets the number of keys.  With an
+object (and a set or two) per key, a full store meant pauses of half a second
+on every request in flight.  Here the per-key state is only str, bytes, int
+and float, dicts that hold nothing else, and tuples of those: CPython does
+not track them, so the collector tracks a handful of containers whatever
+the number of keys (it still reads their entries, about a quarter of the
+former cost).  Keep it that way: no instances, lists or sets per key.
 """
 
 from __future__ import annotations
@@ -44,9 +54,9 @@ from guard.store.base import (
     slice_width,
 )
 
-# Seconds per bucket of the expiry wheel, and how many entries one execute may
+# Seconds per bucket of the expiry wheel, and how many keys one execute may
 # examine when buckets are due: small enough to be invisible in a request's
-# latency, large enough to outpace the rate entries are created.
+# latency, large enough to outpace the rate keys are created.
 _TICK = 1.0
 _SWEEP_BUDGET = 64
 
@@ -54,72 +64,17 @@ _SWEEP_BUDGET = 64
 _INTEGER = re.compile(rb"-?[0-9]+")
 
 
-class _Seen:
-    """A sliding distinct set: each member is filed under the last slice it was seen in.
-
-    Filing a member only once makes the count a sum of set sizes rather than
-    a union of up to ``SLICES`` sets, which matters when an attacker fills a
-    set with ``max_members`` addresses and every attempt asks for the count.
-    """
-
-    __slots__ = ("slices", "where")
-
-    def __init__(self) -> None:
-        self.slices: dict[int, set[str]] = {}
-        self.where: dict[str, int] = {}
-
-    def add(self, member: str, cur: int, cap: int) -> int:
-        slices = self.slices
-        here = slices.get(cur)
-        if here is None:
-            low = cur - SLICES
-            for s in [s for s in slices if s <= low or s > cur]:
-                for m in slices.pop(s):
-                    del self.where[m]
-            here = slices[cur] = set()
-        was = self.where.get(member)
-        if was != cur and len(here) < cap:
-            if was is not None:
-                slices[was].discard(member)
-            here.add(member)
-            self.where[member] = cur
-        return self.count(cur)
-
-    def count(self, cur: int) -> int:
-        low = cur - SLICES
-        n = 0
-        for s, members in self.slices.items():
-            if low < s <= cur:
-                n += len(members)
-        return n
-
-
-def _window_sum(hits: dict[int, int], cur: int) -> int:
+def _window_sum(per_slice: dict[int, int], cur: int) -> int:
     low = cur - SLICES
     n = 0
-    for s, c in hits.items():
+    for s, c in per_slice.items():
         if low < s <= cur:
             n += c
     return n
 
 
-class _Entry:
-    __slots__ = ("due", "hits", "seen", "until", "value", "value_until")
-
-    def __init__(self) -> None:
-        self.value: bytes | int | None = None   # int: an Incr counter, kept unencoded
-        self.value_until = 0.0
-        self.hits: dict[int, int] | None = None  # slice index -> events
-        self.seen: _Seen | None = None
-        self.until = 0.0                         # when every part is dead
-        self.due: int | None = None              # expiry-wheel bucket it is filed under
-
-    def empty(self) -> bool:
-        return self.value is None and not self.hits and (self.seen is None or not self.seen.where)
-
-
 class MemoryStore:
-    """The ``Store`` contract in a dict.  ``prefix`` is accepted for symmetry and unused:
+    """The ``Store`` contract in a few dicts.  ``prefix`` is accepted for symmetry and unused:
     one process's memory is never shared, so its keys need no namespace."""
 
     name = "memory"
@@ -130,8 +85,19 @@ class MemoryStore:
         self.prefix = prefix
         self.max_keys = max_keys
         self.max_members = max_members
-        self._keys: OrderedDict[str, _Entry] = OrderedDict()
-        self._wheel: dict[int, set[str]] = {}
+        self._keys: OrderedDict[str, None] = OrderedDict()   # least recently used first
+        self._until: dict[str, float] = {}                  # key -> when every part of it is dead
+        # key -> the expiry-wheel bucket it is filed under: every key is filed exactly once.
+        self._due: dict[str, int] = {}
+        self._values: dict[str, bytes | int] = {}     # int: an Incr counter, kept unencoded
+        self._value_until: dict[str, float] = {}
+        self._hits: dict[str, dict[int, int]] = {}    # key -> slice index -> events
+        # A sliding distinct set files each member under the last slice it was seen in, so
+        # the count is a sum of per-slice counts rather than a union of up to SLICES sets.
+        self._seen_n: dict[str, dict[int, int]] = {}                 # key -> slice -> members in it
+        self._seen_at: dict[str, dict[str, int]] = {}                # key -> member -> its slice
+        self._seen_in: dict[tuple[str, int], dict[str, None]] = {}   # (key, slice) -> its members
+        self._wheel: dict[int, dict[str, None]] = {}        # bucket -> keys filed under it
         self._ticks: list[int] = []          # heap of the wheel's buckets
         self._next_due = math.inf            # earliest `now` at which a bucket is due
         self._bans: dict[str, Ban] = {}
@@ -147,11 +113,11 @@ class MemoryStore:
         return None
 
     async def close(self) -> None:
-        self._keys.clear()
-        self._wheel.clear()
+        for d in (self._keys, self._until, self._due, self._values, self._value_until, self._hits,
+                  self._seen_n, self._seen_at, self._seen_in, self._wheel, self._bans):
+            d.clear()
         self._ticks.clear()
         self._next_due = math.inf
-        self._bans.clear()
 
     async def ping(self) -> bool:
         return True
@@ -218,165 +184,231 @@ class MemoryStore:
     # ---- expiry ----------------------------------------------------------------------------------
 
     def sweep(self, now: float, budget: int | None = None) -> int:
-        """Drop entries that are entirely dead at ``now``, examining at most ``budget``; the count dropped.
+        """Drop keys that are entirely dead at ``now``, examining at most ``budget``; the count dropped.
 
         ``execute`` calls this with a small budget whenever a bucket is due;
         call it without a budget to reclaim everything due at once.
         """
         left = math.inf if budget is None else budget
         removed = 0
-        ticks, wheel, keys = self._ticks, self._wheel, self._keys
+        ticks, wheel, keys, due = self._ticks, self._wheel, self._keys, self._due
+        all_until = self._until
         while ticks and (ticks[0] + 1) * _TICK <= now and left > 0:
             bucket = ticks[0]
             filed = wheel[bucket]
             while filed and left > 0:
-                key = filed.pop()
+                key, _ = filed.popitem()
                 left -= 1
-                e = keys.get(key)
-                if e is None or e.due != bucket:
+                if due.get(key) != bucket:
                     continue
-                e.due = None
-                if e.until <= now:
+                del due[key]
+                until = all_until[key]
+                if until <= now:
                     del keys[key]
+                    self._drop(key)
                     removed += 1
                 else:
-                    self._file(key, e)   # extended since it was filed: file it again, later
+                    self._file(key, until)   # extended since it was filed: file it again, later
             if not filed:
                 heapq.heappop(ticks)
                 del wheel[bucket]
         self._next_due = (ticks[0] + 1) * _TICK if ticks else math.inf
         return removed
 
-    def _file(self, key: str, e: _Entry) -> None:
-        bucket = math.floor(e.until / _TICK)
+    def _file(self, key: str, until: float) -> None:
+        bucket = math.floor(until / _TICK)
         filed = self._wheel.get(bucket)
         if filed is None:
-            filed = self._wheel[bucket] = set()
+            filed = self._wheel[bucket] = {}
             heapq.heappush(self._ticks, bucket)
             due = (bucket + 1) * _TICK
             if due < self._next_due:
                 self._next_due = due
-        filed.add(key)
-        e.due = bucket
-
-    def _forget(self, key: str, e: _Entry) -> None:
-        """Take ``e`` out of the wheel (it was removed from the keys)."""
-        if e.due is not None:
-            filed = self._wheel.get(e.due)
-            if filed is not None:
-                filed.discard(key)
-
-    def _extend(self, key: str, e: _Entry, until: float) -> None:
-        if until > e.until:
-            e.until = until
-        if e.due is None:
-            self._file(key, e)
+        filed[key] = None
+        self._due[key] = bucket
 
     # ---- keys ------------------------------------------------------------------------------------
 
-    def _touch(self, key: str) -> _Entry:
-        """The entry of ``key`` for writing, created when absent; now the most recently used."""
+    def _admit(self, key: str, until: float) -> None:
+        """Add ``key`` (absent), alive until ``until``; the least recently used key goes when full."""
         keys = self._keys
-        e = keys.get(key)
-        if e is None:
-            if len(keys) >= self.max_keys:
-                old_key, old = keys.popitem(last=False)
-                self._forget(old_key, old)
-            e = keys[key] = _Entry()
-        else:
-            keys.move_to_end(key)
-        return e
+        if len(keys) >= self.max_keys:
+            old_key, _ = keys.popitem(last=False)
+            self._drop(old_key)
+        keys[key] = None
+        self._until[key] = until
+        self._file(key, until)
 
-    def _read(self, key: str) -> _Entry | None:
-        e = self._keys.get(key)
-        if e is not None:
-            self._keys.move_to_end(key)
-        return e
+    def _drop(self, key: str) -> None:
+        """Forget every part of ``key`` and take it out of the wheel (it has left ``_keys``)."""
+        self._until.pop(key, None)
+        self._values.pop(key, None)
+        self._value_until.pop(key, None)
+        self._hits.pop(key, None)
+        per_slice = self._seen_n.pop(key, None)
+        if per_slice is not None:
+            del self._seen_at[key]
+            seen_in = self._seen_in
+            for s in per_slice:
+                del seen_in[key, s]
+        bucket = self._due.pop(key, None)
+        if bucket is not None:
+            filed = self._wheel.get(bucket)
+            if filed is not None:
+                filed.pop(key, None)
+
+    def _live(self, key: str) -> bool:
+        """Whether ``key`` is held; a read refreshes its recency but never creates it."""
+        keys = self._keys
+        if key in keys:
+            keys.move_to_end(key)
+            return True
+        return False
 
     def _hit(self, op: Hit, now: float) -> int:
+        key = op.key
         width = slice_width(op.window)
         cur = math.floor(now / width)
-        e = self._touch(op.key)
-        hits = e.hits
+        until = (cur + SLICES) * width
+        all_until = self._until
+        old = all_until.get(key)
+        if old is None:
+            self._admit(key, until)
+        else:
+            self._keys.move_to_end(key)
+            if until > old:
+                all_until[key] = until
+        hits = self._hits.get(key)
         if hits is None:
-            hits = e.hits = {cur: op.amount}
-        elif cur in hits:
+            self._hits[key] = {cur: op.amount}
+            return op.amount
+        if cur in hits:
             hits[cur] += op.amount
         else:
             low = cur - SLICES
             for s in [s for s in hits if s <= low or s > cur]:
                 del hits[s]
             hits[cur] = op.amount
-        self._extend(op.key, e, (cur + SLICES) * width)
         return _window_sum(hits, cur)
 
     def _count(self, op: Count, now: float) -> int:
-        e = self._read(op.key)
-        if e is None or not e.hits:
+        if not self._live(op.key):
             return 0
-        return _window_sum(e.hits, math.floor(now / slice_width(op.window)))
+        hits = self._hits.get(op.key)
+        if not hits:
+            return 0
+        return _window_sum(hits, math.floor(now / slice_width(op.window)))
 
     def _add_distinct(self, op: AddDistinct, now: float) -> int:
+        key = op.key
         width = slice_width(op.window)
         cur = math.floor(now / width)
-        e = self._touch(op.key)
-        seen = e.seen
-        if seen is None:
-            seen = e.seen = _Seen()
-        n = seen.add(op.member, cur, self.max_members)
-        self._extend(op.key, e, (cur + SLICES) * width)
-        return n
+        until = (cur + SLICES) * width
+        all_until = self._until
+        old = all_until.get(key)
+        if old is None:
+            self._admit(key, until)
+        else:
+            self._keys.move_to_end(key)
+            if until > old:
+                all_until[key] = until
+        per_slice = self._seen_n.get(key)
+        if per_slice is None:
+            per_slice = self._seen_n[key] = {}
+            where = self._seen_at[key] = {}
+        else:
+            where = self._seen_at[key]
+        seen_in = self._seen_in
+        here = per_slice.get(cur)
+        if here is None:
+            low = cur - SLICES
+            for s in [s for s in per_slice if s <= low or s > cur]:
+                del per_slice[s]
+                for m in seen_in.pop((key, s)):
+                    del where[m]
+            here = per_slice[cur] = 0
+            seen_in[key, cur] = {}
+        member = op.member
+        was = where.get(member)
+        if was != cur and here < self.max_members:
+            if was is not None:
+                per_slice[was] -= 1
+                del seen_in[key, was][member]
+            seen_in[key, cur][member] = None
+            per_slice[cur] = here + 1
+            where[member] = cur
+        return _window_sum(per_slice, cur)
 
     def _count_distinct(self, op: CountDistinct, now: float) -> int:
-        e = self._read(op.key)
-        if e is None or e.seen is None:
+        if not self._live(op.key):
             return 0
-        return e.seen.count(math.floor(now / slice_width(op.window)))
+        per_slice = self._seen_n.get(op.key)
+        if per_slice is None:
+            return 0
+        return _window_sum(per_slice, math.floor(now / slice_width(op.window)))
 
     def _get(self, key: str, now: float, take: bool) -> bytes | None:
-        e = self._read(key)
-        if e is None:
+        if not self._live(key):
             return None
-        value = e.value
+        value = self._values.get(key)
         if value is None:
             return None
-        if take or e.value_until <= now:
-            e.value = None
-            if e.empty():
+        value_until = self._value_until[key]
+        if take or value_until <= now:
+            del self._values[key]
+            del self._value_until[key]
+            if not self._hits.get(key) and not self._seen_at.get(key):
                 del self._keys[key]
-                self._forget(key, e)
-            if e.value_until <= now:
+                self._drop(key)
+            if value_until <= now:
                 return None
         return value if type(value) is bytes else str(value).encode()
 
     def _put(self, key: str, value: bytes, ttl: float, now: float, only_new: bool) -> bool:
-        e = self._touch(key)
-        if only_new and e.value is not None and e.value_until > now:
-            return False
-        e.value = value
-        e.value_until = now + ttl
-        self._extend(key, e, e.value_until)
+        until = now + ttl
+        all_until = self._until
+        old = all_until.get(key)
+        if old is None:
+            self._admit(key, until)
+        else:
+            self._keys.move_to_end(key)
+            if only_new and key in self._values and self._value_until[key] > now:
+                return False
+            if until > old:
+                all_until[key] = until
+        self._values[key] = value
+        self._value_until[key] = until
         return True
 
     def _incr(self, op: Incr, now: float) -> int:
-        e = self._touch(op.key)
-        value = e.value
-        if value is not None and e.value_until > now:
-            if type(value) is int:
-                e.value = value + op.amount
-                return e.value
-            if type(value) is bytes and _INTEGER.fullmatch(value):
-                e.value = n = int(value) + op.amount
-                return n
+        key = op.key
+        old = self._until.get(key)
+        if old is not None:
+            self._keys.move_to_end(key)
+            value = self._values.get(key)
+            if value is not None and self._value_until[key] > now:
+                if type(value) is int:
+                    self._values[key] = n = value + op.amount
+                    return n
+                if type(value) is bytes and _INTEGER.fullmatch(value):
+                    self._values[key] = n = int(value) + op.amount
+                    return n
         # Absent, expired, or not an integer: the counter starts over (as on Redis).
-        e.value = op.amount
-        e.value_until = now + op.ttl
-        self._extend(op.key, e, e.value_until)
+        until = now + op.ttl
+        if old is None:
+            self._admit(key, until)
+        elif until > old:
+            self._until[key] = until
+        self._values[key] = op.amount
+        self._value_until[key] = until
         return op.amount
 
     def _delete(self, key: str, now: float) -> bool:
-        e = self._keys.pop(key, None)
-        if e is None:
+        keys = self._keys
+        if key not in keys:
             return False
-        self._forget(key, e)
-        return (e.value is not None and e.value_until > now) or bool(e.hits) or e.seen is not None
+        del keys[key]
+        value_until = self._value_until.get(key)
+        held = (value_until is not None and value_until > now) or bool(self._hits.get(key)) or key in self._seen_n
+        self._drop(key)
+        return held
