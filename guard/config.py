@@ -117,6 +117,11 @@ class Limits(_Model):
         1024, ge=1, description="requests waiting for an upstream connection before 503"
     )
     upstream_connections: int = Field(256, ge=1, description="keep-alive pool size to the upstream per worker")
+    max_queue_time: Duration = Field(
+        2.0, gt=0, le=60,
+        description="a request not started this long after its head arrived gets a 503 at once: under "
+        "overload the guard serves fresh requests rather than ones their clients are giving up on",
+    )
 
 
 class Timeouts(_Model):

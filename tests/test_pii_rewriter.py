@@ -404,5 +404,5 @@ def test_inputs_that_cannot_be_hidden_pass_unparsed_and_unchanged() -> None:
     """The hidden-only policy's prefilter: text, password and checkbox inputs are not even parsed."""
     page = (f'<form><input type="text" name="tel" value="{PHONE}"><input type=password value="{MAIL}">'
             f'<input type=checkbox value="{PHONE}" checked></form>').encode()
-    out, rw = rewrite(default_policy(), page)
+    out, _ = rewrite(default_policy(), page)
     assert out == page

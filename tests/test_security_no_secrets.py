@@ -271,16 +271,17 @@ async def admin_texts(port: int) -> dict[str, str]:
 def memory_dump(store: MemoryStore) -> list[str]:
     """Every key, value and distinct-set member the memory store holds, and its ban table."""
     out: list[str] = []
-    for key, entry in store._keys.items():  # the point is to look inside
+    for key in store._keys:  # the point is to look inside
         out.append(key)
-        value = entry.value
+        value = store._values.get(key)
         if isinstance(value, bytes | bytearray):
             out.append(bytes(value).decode("utf-8", "replace"))
             out.append(bytes(value).decode("latin-1"))
         elif value is not None:
             out.append(str(value))
-        if entry.seen is not None:
-            out.extend(entry.seen.where)
+        out.extend(store._seen_at.get(key, ()))
+    for members in store._seen_in.values():
+        out.extend(members)
     for subject, ban in store._bans.items():
         out.extend([subject, repr(ban)])
     return out

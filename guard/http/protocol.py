@@ -25,6 +25,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, cast
 
 from aiohttp import web
@@ -93,7 +94,9 @@ class GuardWebServer(web.Server):
 
 
 class GuardProtocol(RequestHandler):
-    __slots__ = ("_body", "_guard", "_head_bytes", "_head_timer", "_open", "peer", "peer_ip", "proxied_peer")
+    __slots__ = (
+        "_body", "_guard", "_head_bytes", "_head_timer", "_open", "head_at", "peer", "peer_ip", "proxied_peer",
+    )
 
     def __init__(self, manager: GuardWebServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -102,6 +105,7 @@ class GuardProtocol(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._body: StreamReader | None = None  # payload of the last request head parsed
+        self.head_at = 0.0  # perf_counter when the last request head was parsed: its age is its queue time
         self.proxied_peer: str | None = None
         self.peer = "0.0.0.0"
         self.peer_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
@@ -152,7 +156,8 @@ class GuardProtocol(RequestHandler):
         super().data_received(data)
         limit = self._guard.settings.max_header_size
         if self._request_count != count:
-            # one or more heads completed: the deadline is met
+            # one or more heads completed: the deadline is met, and their wait for the handler starts
+            self.head_at = perf_counter()
             if timed:
                 self._cancel_head_timer()
             messages = self._messages

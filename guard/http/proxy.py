@@ -35,7 +35,7 @@ from multidict import CIMultiDictProxy
 
 from guard.accesslog import RequestLog
 from guard.clientip import forwarding_chains, resolve
-from guard.engine import PASS, Action, Decision, RequestFacts, ResponseFacts
+from guard.engine import PASS, Action, Decision, Reason, RequestFacts, ResponseFacts
 from guard.http import websocket
 from guard.http.bodies import read_login_body, read_response_head, send_continue
 from guard.http.headers import (
@@ -52,6 +52,12 @@ from guard.http.target import Target, match_path, parse_target
 from guard.http.upstream import Upstream, failure_status
 
 log = logging.getLogger("guard.http")
+
+OVERLOADED = Decision(
+    Action.UNAVAILABLE,
+    (Reason("overload", "waited in the guard's queue longer than limits.max_queue_time"),),
+    status=503,
+)
 
 
 class ProxyResponse(web.StreamResponse):
@@ -168,7 +174,9 @@ class BodyFeed:
 class ProxyHandler:
     """Callable given to aiohttp's low-level ``web.Server``; ``rt`` is swapped on reload."""
 
-    __slots__ = ("_in_flight", "_quiet_until", "_suppressed", "_time", "log", "rt", "upstream", "websockets")
+    __slots__ = (
+        "_in_flight", "_quiet_until", "_suppressed", "_time", "log", "rt", "shed", "upstream", "websockets",
+    )
 
     def __init__(self, rt: Settings, upstream: Upstream, request_log: RequestLog) -> None:
         self.rt = rt
@@ -179,6 +187,7 @@ class ProxyHandler:
         self._time = time.perf_counter
         self._quiet_until = 0.0
         self._suppressed = 0
+        self.shed = 0  # requests answered 503 for waiting longer than limits.max_queue_time
         self.websockets = websocket.WebSocketRelay(upstream, request_log)
 
     @property
@@ -193,6 +202,8 @@ class ProxyHandler:
         proto = cast(GuardProtocol, request.protocol)
         headers = request.headers
         peer = proto.peer
+        if 0.0 < proto.head_at < t0 - rt.max_queue_time:
+            return self._shed(request, rt, proto, t0)
         trusted = not rt.trusted.empty and proto.peer_ip is not None and proto.peer_ip in rt.trusted
         if trusted:
             xff, fwd_list = forwarding_chains(rt.config.forwarded_header, lambda n: headers.getall(n, ()))
@@ -419,6 +430,24 @@ class ProxyHandler:
                 feed.stop()
             if up is not None:
                 up.release()  # back to the pool if the body was read to the end; closed otherwise
+
+    def _shed(self, request: web.BaseRequest, rt: Settings, proto: GuardProtocol, t0: float) -> web.StreamResponse:
+        """Overload: this request waited in the event loop longer than ``limits.max_queue_time``.
+
+        Past capacity, every admitted request waits its turn on the one loop, and the
+        wait grows until clients give up; serving those late requests spends the guard's
+        time on answers nobody reads while fresh requests wait behind them.  A late one
+        gets a 503 page and ``Retry-After`` at once (no rules, no upstream: a few
+        microseconds), so the queue drains and the requests still wanted are served in
+        time (the same idea as CoDel's sojourn time).  The connection is closed: a
+        client that waits this long is better off on another worker or machine.
+        """
+        facts = RequestFacts(proto.peer, request.method, "", headers=request.headers, peer=proto.peer,
+                             scheme=rt.scheme)
+        self.shed += 1
+        resp = self._page(request, rt, facts, OVERLOADED, 503, t0, close=True)
+        resp.headers["Retry-After"] = "1"
+        return resp
 
     def _upstream_failed(self, exc: BaseException, status: int) -> None:
         """One warning a second at most: an upstream outage must not become a log flood."""

@@ -51,6 +51,7 @@ class Settings:
     upstream_timeout: ClientTimeout   # pool wait + connect, then the wait for the response head
     upstream_idle: float              # longest silence within a response body
     max_in_flight: int                # pool size + queue: beyond it, 503 at once
+    max_queue_time: float             # a head older than this when its turn comes: 503 at once
     challenge: Any = None             # guard.http.challengeflow.ChallengeFlow when configured
     pii: PIIFlow | None = None        # None: PII disabled (or no vault): responses and forms pass untouched
 
@@ -80,15 +81,18 @@ def build_settings(
         max_connections=lim.max_connections,
         # The client starts sock_read only once the request body is sent, so a slow
         # upload is not mistaken for a slow upstream.  ``connect`` also bounds the
-        # wait for a free pooled connection.
+        # wait for a free pooled connection: that wait is a queue like the event loop's,
+        # so it gets ``max_queue_time`` (a saturated upstream answers 504 at once rather
+        # than after a minute in the guard's queue).
         upstream_timeout=ClientTimeout(
             total=None,
-            connect=t.upstream_connect + t.upstream_read,
+            connect=t.upstream_connect + lim.max_queue_time,
             sock_connect=t.upstream_connect,
             sock_read=t.upstream_read,
         ),
         upstream_idle=t.upstream_idle,
         max_in_flight=lim.upstream_connections + lim.max_pending_upstream,
+        max_queue_time=lim.max_queue_time,
         challenge=challenge,
         pii=PIIFlow(config.pii, engine, vault) if config.pii.enabled else None,
     )
