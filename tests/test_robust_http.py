@@ -719,3 +719,30 @@ async def test_a_non_ascii_request_target_is_refused_by_both_parsers(
     assert closed and responses(out) == 1
     assert_branded(parse_response(out), 400)
     assert recorder.connections == 0 and not recorder.raw
+
+
+async def test_non_utf8_response_header_bytes_reach_the_client_unchanged(make_guard: GuardFactory) -> None:
+    """obs-text in the upstream's fields (a Shift_JIS cookie value) is passed on byte for byte.
+
+    aiohttp's C serializer would drop the bytes (the cookie arrives empty) and its Python
+    one would raise (the response is lost); the guard writes such a head itself.
+    """
+    legacy = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Legacy: \x82\xa0 ok\r\nSet-Cookie: n=\x93\x87; Path=/\r\n\r\nok"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(legacy)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        g = await make_guard(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        out, _ = await exchange(g.port, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    finally:
+        server.close()
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"ok"
+    lines = head.split(b"\r\n")
+    assert b"X-Legacy: \x82\xa0 ok" in lines and b"Set-Cookie: n=\x93\x87; Path=/" in lines
+    assert b"Content-Length: 2" in lines and any(line.startswith(b"Date: ") for line in lines)

@@ -30,6 +30,7 @@ import time
 from typing import cast
 
 from aiohttp import ClientError, ClientOSError, ClientResponse, ServerDisconnectedError, web
+from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
 
@@ -70,6 +71,39 @@ class ProxyResponse(web.StreamResponse):
     def __init__(self, status: int, reason: str | None, upstream_headers: CIMultiDictProxy[str]) -> None:
         super().__init__(status=status, reason=reason, headers=upstream_headers)
         strip_hop_by_hop(self.headers)
+        # obs-text from the upstream (a Latin-1 or Shift_JIS cookie value, RFC 9110 section 5.5)
+        # arrives as surrogate escapes; see _write_headers.
+        self._obs_text = not all(v.isascii() for v in upstream_headers.values())
+
+    async def _write_headers(self) -> None:
+        """The head, byte for byte as the upstream sent its fields, even when they are not UTF-8.
+
+        aiohttp's C header serializer silently drops the undecodable bytes (a legacy
+        session cookie would arrive empty: a login that "works" and then does not), and
+        its Python serializer raises, losing the response.  Only a head with non-ASCII
+        values is serialized here; everything else takes aiohttp's path unchanged.  The
+        values came through aiohttp's parser, which refuses CR and LF, and are checked
+        again so that nothing can split the head.
+        """
+        if not self._obs_text:
+            await super()._write_headers()
+            return
+        request = self._req
+        writer = self._payload_writer
+        if request is None or writer is None:
+            raise RuntimeError("response head written before prepare")
+        version = request.version
+        lines = [f"HTTP/{version[0]}.{version[1]} {self.status} {self.reason}"]
+        for name, value in self.headers.items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ValueError("newline in a response header")
+            lines.append(f"{name}: {value}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        # What StreamWriter.write_headers does after serializing (aiohttp 3.x): the head is
+        # buffered and leaves with the first body bytes.  tests/test_robust_http.py pins it.
+        stream = cast(StreamWriter, writer)
+        stream._headers_buf = head
+        stream._headers_written = False
 
     async def _prepare_headers(self) -> None:
         headers = self.headers
