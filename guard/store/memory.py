@@ -265,19 +265,22 @@ class MemoryStore:
             return True
         return False
 
-    def _hit(self, op: Hit, now: float) -> int:
-        key = op.key
-        width = slice_width(op.window)
-        cur = math.floor(now / width)
-        until = (cur + SLICES) * width
-        all_until = self._until
-        old = all_until.get(key)
+    def _extend(self, key: str, until: float) -> None:
+        """A counter or distinct set was written: admit the key, or refresh its recency and life."""
+        old = self._until.get(key)
         if old is None:
             self._admit(key, until)
         else:
             self._keys.move_to_end(key)
             if until > old:
-                all_until[key] = until
+                self._until[key] = until
+
+    def _hit(self, op: Hit, now: float) -> int:
+        key = op.key
+        width = slice_width(op.window)
+        cur = math.floor(now / width)
+        until = (cur + SLICES) * width
+        self._extend(key, until)
         hits = self._hits.get(key)
         if hits is None:
             self._hits[key] = {cur: op.amount}
@@ -304,14 +307,7 @@ class MemoryStore:
         width = slice_width(op.window)
         cur = math.floor(now / width)
         until = (cur + SLICES) * width
-        all_until = self._until
-        old = all_until.get(key)
-        if old is None:
-            self._admit(key, until)
-        else:
-            self._keys.move_to_end(key)
-            if until > old:
-                all_until[key] = until
+        self._extend(key, until)
         per_slice = self._seen_n.get(key)
         if per_slice is None:
             per_slice = self._seen_n[key] = {}
