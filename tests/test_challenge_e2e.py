@@ -8,14 +8,13 @@ code, so the client ends up logged in as the upstream intended.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiosmtpd.controller import Controller
 from yarl import URL
 
 from guard.challenge.keys import new_key
@@ -23,30 +22,15 @@ from guard.config import Config, load_config_text
 from guard.demo.legacyapp import make_accounts, make_app
 from guard.engine import VirtualClock
 from guard.http.server import GuardServer
-from tests.redisserver import free_port
+from tests.challenge_fixtures import ALWAYS_2FA, mailbox
 from tests.test_challenge_channels import Mailbox
+
+__all__ = ["mailbox"]  # a fixture: a real SMTP relay
 
 ACCOUNTS = make_accounts(5)
 ALICE = ACCOUNTS["user1@example.jp"]
 KEY = new_key()
-RULES = """
-rules:
-  - id: always-2fa
-    description: every login needs a second factor
-    when: {login: true}
-    action: challenge
-"""
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    controller = Controller(box, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield box, controller.port
-    finally:
-        controller.stop()
+RULES = ALWAYS_2FA
 
 
 @pytest.fixture

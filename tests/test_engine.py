@@ -319,15 +319,6 @@ async def test_memory_store_secret_survives_a_restart(tmp_path: Path) -> None:
     await second.close()
 
 
-CHALLENGE_ALL = """
-rules:
-  - id: always-2fa
-    description: every login needs a second factor
-    when: {login: true}
-    action: challenge
-"""
-
-
 @pytest.mark.parametrize("mode, counted", [("step_up", 0), ("before_upstream", 1)])
 async def test_a_challenged_login_counts_once_for_the_attack_detector(tmp_path: Path, mode: str, counted: int) -> None:
     """Step-up forwards the login: its real outcome is counted by ``on_response``, not also as a failure.
@@ -344,7 +335,9 @@ async def test_a_challenged_login_counts_once_for_the_attack_detector(tmp_path: 
         f"challenge: {{keys: ['{key}'], mode: {mode}, channels: {{webhook: {{url: 'http://127.0.0.1:9/x', "
         f"secret: '{'s' * 32}'}}}}}}\n"
     )
-    (tmp_path / "rules.yaml").write_text(CHALLENGE_ALL)
+    from tests.challenge_fixtures import ALWAYS_2FA
+
+    (tmp_path / "rules.yaml").write_text(ALWAYS_2FA)
     text = (
         "upstream: http://127.0.0.1:9\n"
         f"rules: [{tmp_path / 'rules.yaml'}]\n"

@@ -42,8 +42,8 @@ from guard.engine import RequestFacts
 from guard.mitm.addon import GuardAddon
 from guard.pii.token import TOKEN_RE
 from guard.store.base import StoreError
+from tests.challenge_fixtures import ALWAYS_2FA as CHALLENGE_RULES
 from tests.test_challenge_channels import Mailbox
-from tests.test_challenge_e2e import RULES as CHALLENGE_RULES
 from tests.test_challenge_e2e import code_in, form_fields, mailbox
 
 __all__ = ["mailbox"]  # a fixture: the real SMTP server the codes go through

@@ -30,6 +30,7 @@ from aiohttp import web
 import guard.mitm.addon
 from guard.challenge.keys import new_key
 from guard.pii.token import TOKEN_RE
+from tests.challenge_fixtures import ALWAYS_2FA
 from tests.test_challenge_channels import Mailbox
 from tests.test_challenge_e2e import ALICE, code_in, form_fields, legacy, mailbox
 
@@ -232,13 +233,7 @@ async def test_mitmdump_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None
         stop(proc)
 
 
-CHALLENGE_RULES = """\
-rules:
-  - id: always-2fa
-    description: every login needs a second factor
-    when: {login: true}
-    action: challenge
-"""
+CHALLENGE_RULES = ALWAYS_2FA
 
 
 async def wait_mail(box: Mailbox, count: int, proc: subprocess.Popen[bytes]) -> None:

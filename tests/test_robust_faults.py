@@ -32,6 +32,7 @@ from aiosmtpd.controller import Controller
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from tests.challenge_fixtures import mailbox
 from tests.proxy_fixtures import (
     Guard,
     GuardFactory,
@@ -47,7 +48,7 @@ from tests.test_challenge_channels import Mailbox
 from tests.test_challenge_e2e import ALICE, Browser, code_in, form_fields, guard_config, legacy, started
 from tests.test_proxy_limits import assert_branded, wait_until
 
-__all__ = ["client", "legacy", "make_guard", "upstream"]
+__all__ = ["client", "legacy", "mailbox", "make_guard", "upstream"]
 
 LOGIN = {"logins": [{"id": "login", "path": "/login"}]}
 TRUST = {"trusted_proxies": ["127.0.0.1/32"]}   # so X-Forwarded-For picks the client IP per request
@@ -159,17 +160,6 @@ async def test_redis_killed_and_restarted(
     assert [b.subject for b in await g.server.engine.store.bans(time.time())] == [f"ip:{BANNED}"]
     fresh = await make_guard(upstream.url, **LOGIN, **TRUST, **redis_store(aof_redis.url, fail_open))
     assert await get(client, fresh, "/page", BANNED) == 403
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    controller = Controller(box, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield box, controller.port
-    finally:
-        controller.stop()
 
 
 async def test_a_held_login_survives_a_redis_crash(

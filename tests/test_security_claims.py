@@ -13,7 +13,7 @@ Claims already held elsewhere are cited in docs/security.md, not repeated here.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -21,7 +21,6 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 from aiohttp import web
-from aiosmtpd.controller import Controller
 from pydantic import ValidationError
 
 from guard.challenge.channels.lookup import is_email
@@ -37,6 +36,7 @@ from guard.rules.loader import compile_documents
 from guard.rules.registry import CompileEnv
 from guard.store.memory import MemoryStore
 from guard.yamlsource import SourceError, load_text
+from tests.challenge_fixtures import ALWAYS_2FA, mailbox
 from tests.proxy_fixtures import (
     GuardFactory,
     TLSFiles,
@@ -47,11 +47,10 @@ from tests.proxy_fixtures import (
     tls_files,
     upstream,
 )
-from tests.redisserver import free_port
 from tests.test_challenge_channels import Mailbox
 from tests.test_security_no_secrets import redis_dump
 
-__all__ = ["make_guard", "tls_files", "upstream"]
+__all__ = ["mailbox", "make_guard", "tls_files", "upstream"]
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = make_accounts(8)
@@ -62,27 +61,9 @@ PII_PAGE = (
     '<!doctype html><html><head><meta charset="utf-8"></head><body><form method="post" action="/form">'
     '<input type="hidden" name="phone" value="090-1234-5678"></form></body></html>'
 )
-ALWAYS_2FA = """
-rules:
-  - id: always-2fa
-    description: every login needs a second factor
-    when: {login: true}
-    action: challenge
-"""
 
 
 # ---- surroundings: the legacy app, an SMTP server, guards built from config text -----------------------
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    controller = Controller(box, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield box, controller.port
-    finally:
-        controller.stop()
 
 
 async def _pii_page(request: web.Request) -> web.Response:

@@ -44,7 +44,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiosmtpd.controller import Controller
 
 from guard import reportcli
 from guard.challenge.keys import new_key
@@ -55,8 +54,10 @@ from guard.engine import VirtualClock
 from guard.http.server import GuardServer
 from guard.logsetup import JsonFormatter
 from guard.store.memory import MemoryStore
-from tests.redisserver import free_port
+from tests.challenge_fixtures import mailbox
 from tests.test_challenge_channels import Mailbox
+
+__all__ = ["mailbox"]  # a fixture: a real SMTP relay
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "planted-admin-token-0123456789abcdef"
@@ -107,17 +108,6 @@ challenge:
   channels:
     email: {{host: 127.0.0.1, port: {smtp}, security: none, sender: guard@example.com, timeout: 5s}}
 {store}"""
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    controller = Controller(box, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield box, controller.port
-    finally:
-        controller.stop()
 
 
 @pytest.fixture
