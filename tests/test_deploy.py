@@ -276,9 +276,10 @@ def test_dockerfile_mount_sources_are_in_the_context(dockerfile: Dockerfile) -> 
             ), f"{script} is not mounted"
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed")
 def test_hadolint() -> None:
-    subprocess.run(["hadolint", str(DEPLOY / "Dockerfile")], check=True)
+    """The Dockerfile passes hadolint (installed with the test extras, next to this interpreter)."""
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    subprocess.run([hadolint, str(DEPLOY / "Dockerfile")], check=True)
 
 
 # ---- build context (.dockerignore) ---------------------------------------------------------------------
@@ -466,8 +467,6 @@ def guard_hosts(compose: dict[str, Any]) -> set[str]:
 
 def test_compose_prometheus(compose: dict[str, Any], ports: tuple[int, int]) -> None:
     prom_file = DEPLOY / "prometheus" / "prometheus.yml"
-    if not prom_file.exists():
-        pytest.skip("deploy/prometheus/prometheus.yml not written yet")
     prom = load(prom_file)
     svc = compose["services"]["prometheus"]
     mounts = {str(v).split(":")[1]: (DEPLOY / str(v).split(":")[0]) for v in svc["volumes"]}
@@ -496,9 +495,9 @@ def test_compose_grafana(compose: dict[str, Any]) -> None:
     mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in svc["volumes"]}
     assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
     providers = DEPLOY / "grafana" / "provisioning" / "dashboards"
-    if not providers.exists():
-        pytest.skip("deploy/grafana not written yet")
-    for f in providers.glob("*.y*ml"):
+    files = list(providers.glob("*.y*ml"))
+    assert files, f"no dashboard provider in {providers}"
+    for f in files:
         for provider in load(f).get("providers", []):
             path = provider["options"]["path"]
             assert path in mounts, f"{f.name}: dashboards path {path} is not mounted"
