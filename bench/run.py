@@ -629,7 +629,7 @@ class Bench:
             self.procs.stop(spawned)
             raise TargetUnavailable(f"guard did not pass /health through: {err}")
         if variant.workers > 1:
-            err = wait_workers(spawned, variant.workers, 20)
+            err = wait_workers(spawned, variant.workers, port, 20)
             if err:
                 self.procs.stop(spawned)
                 raise TargetUnavailable(err)
@@ -645,16 +645,35 @@ class Bench:
             raise TargetUnavailable(f"{what}: {err}" + (f": {tail}" if tail else ""))
 
 
-def wait_workers(spawned: Spawned, workers: int, timeout: float) -> str | None:
-    """Wait until the supervisor has ``workers`` children (the port answers as soon as one is up)."""
+def wait_workers(spawned: Spawned, workers: int, port: int, timeout: float) -> str | None:
+    """Wait until ``workers`` sockets listen on ``port`` (the port answers as soon as one is up).
+
+    Each worker binds its own socket (SO_REUSEPORT), so the count of listening sockets in
+    /proc/net/tcp{,6} says when the last one can take connections.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = [pid for pid, (ppid, _) in _proc_table().items() if ppid == spawned.pid]
-        if len(children) >= workers:
-            time.sleep(0.5)  # let the last one finish binding its listener
+        if not spawned.alive():
+            return f"guard exited before {workers} workers listened"
+        if listening_sockets(port) >= workers:
             return None
-        time.sleep(0.1)
-    return f"guard did not start {workers} workers in {timeout:.0f} s"
+        time.sleep(0.1)  # polled: another process's bind has no event to wait on
+    return f"guard did not start {workers} listening workers in {timeout:.0f} s"
+
+
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets on this host are in LISTEN state (0A) on local ``port``."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                n += 1
+    return n
 
 
 def write_nginx_config(prefix: Path, port: int, up_port: int) -> Path:

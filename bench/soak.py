@@ -412,7 +412,7 @@ def start(
     err = R.wait_http(f"http://127.0.0.1:{admin}/healthz", guard, 30)
     if err:
         raise SystemExit(f"guard did not start: {err}\n{guard.log_tail()}")
-    if args.workers > 1 and (err := R.wait_workers(guard, args.workers, 20)):
+    if args.workers > 1 and (err := R.wait_workers(guard, args.workers, port, 20)):
         raise SystemExit(err)
     notes.append("admin token set (to read /metrics)")
     import yaml

@@ -310,3 +310,28 @@ def test_suite_quick_on_direct_and_baseline(tmp_path: Path) -> None:
             entry = data["results"][name]["workloads"][wl]
             assert entry["status"] == "ok" and entry["rps"] > 0 and entry["probe"]["ok"], entry
     assert "direct          GET /page" in proc.stdout and "targets" in proc.stdout
+
+
+def test_listening_sockets_counts_each_reuseport_listener() -> None:
+    """What ``wait_workers`` waits on: one listening socket per worker on the shared port."""
+    import socket
+
+    socks = []
+    try:
+        first = socket.socket()
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        first.bind(("127.0.0.1", 0))
+        port = first.getsockname()[1]
+        socks.append(first)
+        for _ in range(2):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("127.0.0.1", port))
+            socks.append(s)
+        assert R.listening_sockets(port) == 0  # bound, not listening yet
+        for i, s in enumerate(socks, 1):
+            s.listen()
+            assert R.listening_sockets(port) == i
+    finally:
+        for s in socks:
+            s.close()
