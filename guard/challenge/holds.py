@@ -44,7 +44,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from guard.challenge import codes
 from guard.challenge.codes import CodeRecord
@@ -84,6 +84,19 @@ def valid_hold_id(hold_id: str) -> bool:
     return bool(_ID.match(hold_id))
 
 
+def frame(meta: bytes, message: HeldMessage) -> bytes:
+    """A sealed record's plaintext: 4-byte length of the JSON metadata, the metadata, the held message."""
+    return len(meta).to_bytes(4, "big") + meta + message.encode()
+
+
+def unframe(data: bytes) -> tuple[dict[str, Any], HeldMessage, bytes]:
+    """``frame`` read back: the metadata, the message, and whatever follows it (padding)."""
+    n = int.from_bytes(data[:4], "big")
+    meta = json.loads(data[4 : 4 + n])
+    message, used = HeldMessage.decode(data[4 + n :])
+    return meta, message, data[4 + n + used :]
+
+
 @dataclass(frozen=True, slots=True)
 class Hold:
     """The sealed part of a hold.  ``login_id`` and ``client_ip`` are PII: they exist only in here."""
@@ -116,15 +129,13 @@ class Hold:
             },
             separators=(",", ":"),
         ).encode()
-        body = len(meta).to_bytes(4, "big") + meta + self.message.encode()
+        body = frame(meta, self.message)
         return body + bytes(padded_size(len(body)) - len(body))
 
     @classmethod
     def decode(cls, hold_id: str, data: bytes) -> Hold:
-        n = int.from_bytes(data[:4], "big")
-        meta = json.loads(data[4 : 4 + n])
-        message, used = HeldMessage.decode(data[4 + n :])
-        if any(data[4 + n + used :]):
+        meta, message, rest = unframe(data)
+        if any(rest):
             raise ValueError("hold padding is not zero")
         return cls(
             hold_id,

@@ -22,7 +22,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-from guard.challenge.holds import Hold, valid_hold_id
+from guard.challenge.holds import Hold, frame, unframe, valid_hold_id
 from guard.challenge.keys import b64d, b64e
 from guard.challenge.sealed import HeldMessage, Sealer, SealError
 from guard.store.base import Delete, Get, Incr, Put, Store, Take
@@ -57,13 +57,11 @@ class Offer:
             },
             separators=(",", ":"),
         ).encode()
-        return len(meta).to_bytes(4, "big") + meta + self.message.encode()
+        return frame(meta, self.message)
 
     @classmethod
     def decode(cls, offer_id: str, data: bytes) -> Offer:
-        n = int.from_bytes(data[:4], "big")
-        meta = json.loads(data[4 : 4 + n])
-        message, _ = HeldMessage.decode(data[4 + n :])
+        meta, message, _ = unframe(data)
         return cls(
             offer_id,
             float(meta["expires"]),
