@@ -330,6 +330,10 @@ class Conn(asyncio.Protocol):
         else:
             self.transport.write(next(req))
             self.kind = getattr(req, "kind", 0)
+        if self.buf:
+            # The server answered before the request (a refusal at accept: a 503 page, then
+            # a close).  Like a browser, read it as the answer rather than call it a reset.
+            self.data_received(b"")
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -371,6 +375,10 @@ class Generator:
             )
         except (OSError, TimeoutError):
             self.stats.connect_errors += 1
+            return None
+        if conn.transport is None:
+            # Accepted and closed at once (a server refusing connections past its limit):
+            # ``_lost`` has already scheduled the replacement.
             return None
         self.conns.add(conn)
         return conn

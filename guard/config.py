@@ -122,6 +122,11 @@ class Limits(_Model):
         description="a request not started this long after its head arrived gets a 503 at once: under "
         "overload the guard serves fresh requests rather than ones their clients are giving up on",
     )
+    max_loop_lag: Duration = Field(
+        0.1, ge=0, le=10,
+        description="while the event loop has run this late on every tick for about 75 ms, new requests "
+        "get a 503 at once, so the admitted ones finish in bounded time (0: off)",
+    )
 
 
 class Timeouts(_Model):

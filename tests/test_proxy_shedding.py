@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from tests.proxy_fixtures import GuardFactory, Upstream, make_guard, raw_get, read_response, upstream
 from tests.test_proxy_limits import assert_branded, wait_until
@@ -74,3 +75,82 @@ async def test_the_wait_for_a_pooled_upstream_connection_is_bounded_too(
     upstream.release.set()
     assert (await holder).status == 200
     assert [s.raw_path for s in upstream.seen] == ["/hold"]
+
+
+def burn(seconds: float) -> None:
+    """Keep this thread's CPU busy: the event loop runs nothing else meanwhile (a saturated guard)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def test_new_requests_get_a_503_while_the_loop_is_late_and_are_served_again_after(
+    upstream: Upstream, make_guard: GuardFactory
+) -> None:
+    """Work that keeps the loop 60 ms late on every tick: new work is refused at once.
+
+    Past capacity the admitted work makes every tick late; the guard stops taking new
+    requests (503, ``Retry-After``, close) and new connections (503 at accept) until the
+    loop catches up, and the upstream never sees what was refused.
+    """
+    g = await make_guard(upstream.url, limits={"max_loop_lag": "20ms"})
+    upstream.release.set()
+    lag = g.server._handler.lag  # type: ignore[union-attr]
+    assert (await raw_get(g.port, "/before")).status == 200 and not lag.overloaded
+    reader, writer = await asyncio.open_connection("127.0.0.1", g.port)   # accepted while idle
+    await wait_until(lambda: g.server.open_connections == 1)
+    for _ in range(40):            # every pass over the loop now takes 60 ms
+        burn(0.06)
+        await asyncio.sleep(0)
+        if lag.overloaded:
+            break
+    assert lag.overloaded and lag.lag > 0.02
+    writer.write(b"GET /refused HTTP/1.1\r\nHost: h\r\n\r\n")
+    await writer.drain()
+    refused = await read_response(reader)
+    writer.close()
+    assert_branded(refused, 503)
+    assert refused.header("Retry-After") == ["1"] and refused.header("Connection") == ["close"]
+    line = next(line for line in g.log() if line.get("status") == 503)
+    assert line["action"] == "unavailable" and line["rules"] == ["overload"]
+    assert "max_loop_lag" in line["reasons"][0]["detail"]
+    busy = True
+
+    async def hog() -> None:      # keep every pass late while a new client connects
+        while busy:
+            burn(0.06)
+            await asyncio.sleep(0)
+
+    hogging = asyncio.create_task(hog())
+    at_accept = await raw_get(g.port, "/refused-at-accept")
+    busy = False
+    await hogging
+    assert_branded(at_accept, 503)
+    assert g.server._listener.refused_busy == 1  # type: ignore[union-attr]
+    assert [s.raw_path for s in upstream.seen] == ["/before"]
+    await wait_until(lambda: not lag.overloaded)   # the loop is idle again: a few on-time ticks
+    after = await raw_get(g.port, "/after")
+    assert after.status == 200 and upstream.seen[-1].raw_path == "/after"
+
+
+async def test_one_long_pause_is_not_overload(upstream: Upstream, make_guard: GuardFactory) -> None:
+    """A single 150 ms stall (a full garbage collection of a big store) sheds nothing."""
+    g = await make_guard(upstream.url, limits={"max_loop_lag": "20ms"})
+    upstream.release.set()
+    lag = g.server._handler.lag  # type: ignore[union-attr]
+    await raw_get(g.port, "/warm")
+    burn(0.15)
+    await wait_until(lambda: lag.peak >= 0.1)  # the next tick saw the stall
+    assert not lag.overloaded
+    assert (await raw_get(g.port, "/after-pause")).status == 200
+
+
+async def test_max_loop_lag_zero_turns_the_measure_off(upstream: Upstream, make_guard: GuardFactory) -> None:
+    g = await make_guard(upstream.url, limits={"max_loop_lag": 0})
+    upstream.release.set()
+    lag = g.server._handler.lag  # type: ignore[union-attr]
+    for _ in range(6):
+        burn(0.05)
+        await asyncio.sleep(0)
+    assert not lag.overloaded and lag.lag == 0.0
+    assert (await raw_get(g.port, "/served")).status == 200

@@ -46,6 +46,7 @@ from guard.http.headers import (
     request_headers,
     strip_hop_by_hop,
 )
+from guard.http.looplag import LoopLag
 from guard.http.piiflow import with_length
 from guard.http.protocol import GuardProtocol
 from guard.http.settings import MAX_TARPIT, Settings
@@ -57,6 +58,11 @@ log = logging.getLogger("guard.http")
 OVERLOADED = Decision(
     Action.UNAVAILABLE,
     (Reason("overload", "waited in the guard's queue longer than limits.max_queue_time"),),
+    status=503,
+)
+BUSY = Decision(
+    Action.UNAVAILABLE,
+    (Reason("overload", "the event loop ran later than limits.max_loop_lag on every recent tick"),),
     status=503,
 )
 
@@ -209,7 +215,8 @@ class ProxyHandler:
     """Callable given to aiohttp's low-level ``web.Server``; ``rt`` is swapped on reload."""
 
     __slots__ = (
-        "_in_flight", "_quiet_until", "_suppressed", "_time", "log", "rt", "shed", "upstream", "websockets",
+        "_in_flight", "_quiet_until", "_suppressed", "_time", "busy", "lag", "log", "rt", "shed", "upstream",
+        "websockets",
     )
 
     def __init__(self, rt: Settings, upstream: Upstream, request_log: RequestLog) -> None:
@@ -222,7 +229,18 @@ class ProxyHandler:
         self._quiet_until = 0.0
         self._suppressed = 0
         self.shed = 0  # requests answered 503 for waiting longer than limits.max_queue_time
+        self.busy = 0  # requests answered 503 because the loop was late (limits.max_loop_lag)
+        self.lag = LoopLag(rt.max_loop_lag)
         self.websockets = websocket.WebSocketRelay(upstream, request_log)
+
+    def follow_lag(self) -> None:
+        """Measure the loop's lag while ``limits.max_loop_lag`` is on (after start and every reload)."""
+        limit = self.rt.max_loop_lag
+        self.lag.limit = limit
+        if limit > 0:
+            self.lag.start()
+        else:
+            self.lag.stop()
 
     @property
     def in_flight(self) -> int:
@@ -237,7 +255,11 @@ class ProxyHandler:
         headers = request.headers
         peer = proto.peer
         if 0.0 < proto.head_at < t0 - rt.max_queue_time:
-            return self._shed(request, rt, proto, t0)
+            self.shed += 1
+            return self._unavailable(request, rt, proto, t0, OVERLOADED)
+        if self.lag.overloaded:
+            self.busy += 1
+            return self._unavailable(request, rt, proto, t0, BUSY)
         trusted = not rt.trusted.empty and proto.peer_ip is not None and proto.peer_ip in rt.trusted
         if trusted:
             xff, fwd_list = forwarding_chains(rt.config.forwarded_header, lambda n: headers.getall(n, ()))
@@ -465,21 +487,27 @@ class ProxyHandler:
             if up is not None:
                 up.release()  # back to the pool if the body was read to the end; closed otherwise
 
-    def _shed(self, request: web.BaseRequest, rt: Settings, proto: GuardProtocol, t0: float) -> web.StreamResponse:
-        """Overload: this request waited in the event loop longer than ``limits.max_queue_time``.
+    def _unavailable(
+        self, request: web.BaseRequest, rt: Settings, proto: GuardProtocol, t0: float, why: Decision
+    ) -> web.StreamResponse:
+        """Overload: a 503 page with ``Retry-After`` at once (no rules, no upstream: microseconds).
 
-        Past capacity, every admitted request waits its turn on the one loop, and the
-        wait grows until clients give up; serving those late requests spends the guard's
-        time on answers nobody reads while fresh requests wait behind them.  A late one
-        gets a 503 page and ``Retry-After`` at once (no rules, no upstream: a few
-        microseconds), so the queue drains and the requests still wanted are served in
-        time (the same idea as CoDel's sojourn time).  The connection is closed: a
-        client that waits this long is better off on another worker or machine.
+        ``OVERLOADED``: this request waited in the event loop longer than
+        ``limits.max_queue_time``.  Past capacity, every admitted request waits its turn on
+        the one loop, and serving the late ones spends the guard's time on answers nobody
+        reads while fresh requests wait behind them (the same idea as CoDel's sojourn time).
+
+        ``BUSY``: the loop is late on every tick (``guard.http.looplag``), so new work is
+        refused until the work already admitted is done.
+
+        The connection is closed either way: a keep-alive client would send its next request
+        at once and get another 503 through the whole HTTP layer, while a new connection is
+        refused at accept for a fraction of that (``guard.http.listener``), or lands on
+        another worker or machine.
         """
         facts = RequestFacts(proto.peer, request.method, "", headers=request.headers, peer=proto.peer,
                              scheme=rt.scheme)
-        self.shed += 1
-        resp = self._page(request, rt, facts, OVERLOADED, 503, t0, close=True)
+        resp = self._page(request, rt, facts, why, 503, t0, close=True)
         resp.headers["Retry-After"] = "1"
         return resp
 

@@ -128,10 +128,11 @@ class GuardServer:
         self._vault = Vault(engine._secret, store, engine.clock)
         settings = build_settings(config, engine, self._flow, self._vault)
         handler = self._handler = ProxyHandler(settings, upstream, request_log)
+        handler.follow_lag()
         web_server = self._web = GuardWebServer(handler, settings=settings)
         ssl_context = server_context(config.tls) if config.tls is not None else None
         sock = await bind(config.listen, reuse_port=self._reuse_port)
-        self._listener = Listener(web_server, sock, ssl_context, config.proxy_protocol)
+        self._listener = Listener(web_server, sock, ssl_context, config.proxy_protocol, lag=handler.lag)
         await self._listener.start()
         self.public_port = self._listener.port
         self._health = Health(store, fail_open=config.store.fail_open)
@@ -174,6 +175,7 @@ class GuardServer:
     def _apply(self, settings: Settings) -> None:
         if self._handler is not None:
             self._handler.rt = settings
+            self._handler.follow_lag()
         if self._web is not None:
             self._web.set_settings(settings)
 
@@ -185,6 +187,7 @@ class GuardServer:
             await self._listener.close()
             self._listener = None
         if self._handler is not None:
+            self._handler.lag.stop()
             await self._handler.websockets.close_all()  # long-lived: no point waiting for them
         if self._web is not None:
             self._web.pre_shutdown()  # keep-alive connections close after their current response

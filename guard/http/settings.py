@@ -52,6 +52,7 @@ class Settings:
     upstream_idle: float              # longest silence within a response body
     max_in_flight: int                # pool size + queue: beyond it, 503 at once
     max_queue_time: float             # a head older than this when its turn comes: 503 at once
+    max_loop_lag: float               # the loop this late on every tick: new requests 503 at once (0: off)
     challenge: Any = None             # guard.http.challengeflow.ChallengeFlow when configured
     pii: PIIFlow | None = None        # None: PII disabled (or no vault): responses and forms pass untouched
 
@@ -93,6 +94,7 @@ def build_settings(
         upstream_idle=t.upstream_idle,
         max_in_flight=lim.upstream_connections + lim.max_pending_upstream,
         max_queue_time=lim.max_queue_time,
+        max_loop_lag=lim.max_loop_lag,
         challenge=challenge,
         pii=PIIFlow(config.pii, engine, vault) if config.pii.enabled else None,
     )

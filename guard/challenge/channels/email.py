@@ -142,14 +142,25 @@ class EmailChannel:
 
     @contextlib.asynccontextmanager
     async def _smtp(self) -> AsyncIterator[aiosmtplib.SMTP]:
-        """A connected client that is closed however the block ends (refused AUTH, timeout, cancel)."""
+        """A connected client that is closed however the block ends (refused AUTH, timeout, cancel).
+
+        AUTH runs here, not inside ``connect()``: a refused login inside ``connect()`` starts a
+        TLS close_notify exchange that nobody awaits, and the socket outlives the call.  Aborting
+        the transport ends the connection at once; after QUIT (or a failure) nothing is left to say.
+        """
+        s = self.settings
         client = self._client()
         try:
             await client.connect()
+            if s.username:
+                await client.login(s.username, s.password.get_secret_value() if s.password else "")
             yield client
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                 await client.quit()
         finally:
+            abort = getattr(client.transport, "abort", None)  # uvloop's transports are not asyncio.Transport
+            if abort is not None:
+                abort()
             client.close()
 
     def _client(self) -> aiosmtplib.SMTP:
@@ -162,6 +173,4 @@ class EmailChannel:
             start_tls=s.security == "starttls",
             validate_certs=s.verify_certs,
             tls_context=self._tls,
-            username=s.username,
-            password=s.password.get_secret_value() if s.password else None,
         )
