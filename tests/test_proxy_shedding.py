@@ -5,10 +5,32 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.proxy_fixtures import GuardFactory, Upstream, make_guard, raw_get, read_response, upstream
+from tests.proxy_fixtures import (
+    GuardFactory,
+    RawResponse,
+    Upstream,
+    make_guard,
+    raw_get,
+    read_response,
+    upstream,
+)
 from tests.test_proxy_limits import assert_branded, wait_until
 
 __all__ = ["make_guard", "upstream"]
+
+
+async def pipelined_pair(port: int, upstream: Upstream, second: str) -> tuple[RawResponse, RawResponse]:
+    """``GET /hold`` and ``second`` in one write; the upstream holds the first for 300 ms (a sleep
+    on purpose: the hold *is* the queue time under test)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /hold HTTP/1.1\r\nHost: h\r\n\r\nGET " + second.encode() + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    await writer.drain()
+    await asyncio.wait_for(upstream.arrived.wait(), 5)
+    await asyncio.sleep(0.3)
+    upstream.release.set()
+    answers = await read_response(reader), await read_response(reader)
+    writer.close()
+    return answers
 
 
 async def test_a_request_that_waited_too_long_is_shed_and_never_reaches_the_upstream(
@@ -21,15 +43,7 @@ async def test_a_request_that_waited_too_long_is_shed_and_never_reaches_the_upst
     close, the upstream never sees it, and the decision log says why.
     """
     g = await make_guard(upstream.url, limits={"max_queue_time": "100ms"})
-    reader, writer = await asyncio.open_connection("127.0.0.1", g.port)
-    writer.write(b"GET /hold HTTP/1.1\r\nHost: h\r\n\r\nGET /late HTTP/1.1\r\nHost: h\r\n\r\n")
-    await writer.drain()
-    await asyncio.wait_for(upstream.arrived.wait(), 5)
-    await asyncio.sleep(0.3)
-    upstream.release.set()
-    first = await read_response(reader)
-    second = await read_response(reader)
-    writer.close()
+    first, second = await pipelined_pair(g.port, upstream, "/late")
     assert first.status == 200 and first.body == b"released"
     assert_branded(second, 503)
     assert second.header("Retry-After") == ["1"] and second.header("Connection") == ["close"]
@@ -45,15 +59,7 @@ async def test_a_request_that_waited_too_long_is_shed_and_never_reaches_the_upst
 async def test_a_request_within_the_limit_is_served(upstream: Upstream, make_guard: GuardFactory) -> None:
     """The same pipelined pair, with the first answer quicker than the limit: both are served."""
     g = await make_guard(upstream.url, limits={"max_queue_time": "5s"})
-    reader, writer = await asyncio.open_connection("127.0.0.1", g.port)
-    writer.write(b"GET /hold HTTP/1.1\r\nHost: h\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n")
-    await writer.drain()
-    await asyncio.wait_for(upstream.arrived.wait(), 5)
-    await asyncio.sleep(0.3)
-    upstream.release.set()
-    first = await read_response(reader)
-    second = await read_response(reader)
-    writer.close()
+    first, second = await pipelined_pair(g.port, upstream, "/next")
     assert (first.status, second.status) == (200, 200)
     assert [s.raw_path for s in upstream.seen] == ["/hold", "/next"]
 
