@@ -103,6 +103,15 @@ FORM = "application/x-www-form-urlencoded"
 # processes
 
 
+def release(procs: Processes, tmp: Path, keep: bool) -> None:
+    """End of a run: every process stopped, the scratch directory removed (or kept and named)."""
+    procs.stop_all()
+    if keep:
+        print(f"kept {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -1324,11 +1333,7 @@ def main() -> int:
         print("  added-latency test ...", file=sys.stderr, flush=True)
         latency = measure_added_latency(bench, pygen, results, args)
     finally:
-        procs.stop_all()
-        if args.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        release(procs, tmp, args.keep_tmp)
     ratio = ratios(results)
     data = {
         "environment": env,

@@ -48,7 +48,6 @@ import datetime as dt
 import json
 import os
 import secrets
-import shutil
 import signal
 import statistics
 import subprocess
@@ -239,7 +238,8 @@ def loadgen(
                     raise RuntimeError("loadgen.py did not finish")
                 if sampler is not None:
                     sampler.sample()
-                time.sleep(every)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=every)   # the sampling period, cut short when the run ends
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -361,11 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         data["guard_alive"] = guard[0].alive()
         data["metrics"] = scrape(admin, token)
     finally:
-        procs.stop_all()
-        if args.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        R.release(procs, tmp, args.keep_tmp)
     data["checks"] = checks
     data["elapsed_s"] = time.monotonic() - started
     print(report(data))

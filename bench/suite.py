@@ -576,11 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_components:
             components = measure_components(args, tmp, pinning, bench.patience)
     finally:
-        procs.stop_all()
-        if args.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        R.release(procs, tmp, args.keep_tmp)
     ratio = R.ratios(results, SUITE_WORKLOADS)
     data = {
         "environment": env,

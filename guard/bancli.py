@@ -20,9 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from guard.config import Config, load_config
+from guard.config import Config, load_config_or_report
 from guard.units import parse_duration
-from guard.yamlsource import SourceError
 
 
 def subject_of(text: str) -> str:
@@ -110,11 +109,8 @@ def _via_api(config: Config, args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(Path(args.config))
-    except SourceError as exc:
-        for p in exc.problems:
-            print(p, file=sys.stderr)
+    config = load_config_or_report(Path(args.config))
+    if config is None:
         return 2
     try:
         if config.store.backend == "redis":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -567,6 +568,16 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     """Read, interpolate ``${VAR}``, apply GUARD_* overrides, validate."""
     doc = load_file(path, env)
     return validate(doc, env, Path(path).resolve().parent)
+
+
+def load_config_or_report(path: str | os.PathLike[str]) -> Config | None:
+    """``load_config`` for the command line: every located problem on stderr and None, never a traceback."""
+    try:
+        return load_config(path)
+    except SourceError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return None
 
 
 def load_config_text(text: str, file: str = "<string>", env: Mapping[str, str] | None = None) -> Config:

@@ -97,14 +97,10 @@ def run(args: argparse.Namespace, config: Any, open_login: OpenLogin | None = No
 
 
 def main(args: argparse.Namespace, open_login: OpenLogin | None = None) -> int:
-    from guard.config import load_config
-    from guard.yamlsource import SourceError
+    from guard.config import load_config_or_report
 
-    try:
-        config = load_config(Path(args.config))
-    except SourceError as exc:
-        for p in exc.problems:
-            print(p, file=sys.stderr)
+    config = load_config_or_report(Path(args.config))
+    if config is None:
         return 2
     if open_login is None:
         from guard.engine.sealing import LoginSealer, stored_secret

@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from guard.config import Config, load_config
-from guard.yamlsource import SourceError
+from guard.config import Config, load_config_or_report
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -65,11 +64,8 @@ async def _direct(config: Config, logins: list[str], on: bool) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(Path(args.config))
-    except SourceError as exc:
-        for p in exc.problems:
-            print(p, file=sys.stderr)
+    config = load_config_or_report(Path(args.config))
+    if config is None:
         return 2
     if config.forced_reset_url is None:
         print("guard reset: set forced_reset_url in the config first", file=sys.stderr)

@@ -38,7 +38,12 @@ __all__ = ["legacy", "mailbox"]  # fixtures: the legacy app (the incident's cont
 
 pytestmark = pytest.mark.slow
 
-MITMDUMP = Path(sys.executable).parent / "mitmdump"
+MITMDUMP = Path(sys.executable).parent / "mitmdump"  # mitmproxy is a dependency: never skipped
+
+
+def test_mitmdump_is_installed_with_the_guard() -> None:
+    """The e2e tests below need it; a missing ``mitmdump`` is a broken install, said once and plainly."""
+    assert MITMDUMP.exists(), f"{MITMDUMP} is missing: reinstall with pip install -e '.[test]'"
 ADDON = guard.mitm.addon.__file__
 
 TOKEN = "e2e-admin-token-0123456789"
@@ -149,7 +154,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             stream.close()
 
 
-@pytest.mark.skipif(not MITMDUMP.exists(), reason="mitmdump is not installed next to this Python")
 async def test_mitmdump_with_the_addon(tmp_path: Path, upstream: tuple[int, list[str]]) -> None:
     up, seen = upstream
     port, admin = free_port(), free_port()
@@ -219,7 +223,6 @@ async def test_mitmdump_with_the_addon(tmp_path: Path, upstream: tuple[int, list
         stop(proc)
 
 
-@pytest.mark.skipif(not MITMDUMP.exists(), reason="mitmdump is not installed next to this Python")
 async def test_mitmdump_refuses_to_start_on_a_bad_config(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     config = write_config(tmp_path, admin, "store: {backend: sqlite}\n")
@@ -245,7 +248,6 @@ async def wait_mail(box: Mailbox, count: int, proc: subprocess.Popen[bytes]) -> 
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.skipif(not MITMDUMP.exists(), reason="mitmdump is not installed next to this Python")
 async def test_mitmdump_challenge_and_pii_in_front_of_the_legacy_app(
     tmp_path: Path, legacy: int, mailbox: tuple[Mailbox, int]
 ) -> None:

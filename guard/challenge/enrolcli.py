@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from guard.config import Config, load_config
-from guard.yamlsource import SourceError
+from guard.config import Config, load_config_or_report
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -88,11 +87,8 @@ def _via_api(config: Config, rows: dict[str, str] | None, logins: list[str]) -> 
 def main(args: argparse.Namespace) -> int:
     from guard.challenge.channels.totp import EnrolmentError, parse_enrolments
 
-    try:
-        config = load_config(Path(args.config))
-    except SourceError as exc:
-        for p in exc.problems:
-            print(p, file=sys.stderr)
+    config = load_config_or_report(Path(args.config))
+    if config is None:
         return 2
     if config.challenge is None or not config.challenge.channels.totp.enabled:
         print("guard totp: configure challenge (with channels.totp enabled) first", file=sys.stderr)
