@@ -54,10 +54,8 @@ async def _direct(config: Config, logins: list[str], on: bool) -> int:
 
     store = make_store(config.store)
     engine = Engine(config, store, secret=stored_secret(config))
-    await store.start()
+    await engine.connect()
     try:
-        if not engine._secret:
-            engine._secret = await engine._shared_secret()
         return await engine.set_forced_reset(logins, on)
     finally:
         await store.close()

@@ -331,10 +331,14 @@ async def raw_get(port: int, target: str = "/", **kwargs: Any) -> RawResponse:
 
 async def raw_exchange(
     port: int, data: bytes, *, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None,
-    prefix: bytes = b"", wait: float = 10.0,
+    prefix: bytes = b"", wait: float = 10.0, source: str | None = None,
 ) -> bytes:
-    """Send ``prefix`` (a PROXY header, before TLS), then ``data``; read until the server closes."""
-    reader, writer = await asyncio.open_connection(host, port)
+    """Send ``prefix`` (a PROXY header, before TLS), then ``data``; read until the server closes.
+
+    ``source``: the local address to connect from (another loopback address is another peer).
+    """
+    local = (source, 0) if source is not None else None
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local)
     try:
         if prefix:
             writer.write(prefix)

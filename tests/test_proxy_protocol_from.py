@@ -6,8 +6,6 @@ client bound to 127.0.0.2 is "another peer" than the balancer on 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,15 @@ from guard.checks import check_all
 from guard.config import load_config_text
 from guard.proxyproto import build_v1, build_v2
 from guard.yamlsource import Problem, SourceError
-from tests.proxy_fixtures import GuardFactory, Upstream, make_config, make_guard, parse_response, upstream
+from tests.proxy_fixtures import (
+    GuardFactory,
+    Upstream,
+    make_config,
+    make_guard,
+    parse_response,
+    raw_exchange,
+    upstream,
+)
 
 __all__ = ["make_guard", "upstream"]
 
@@ -26,19 +32,8 @@ FORGED = build_v1(("198.51.100.99", 40000), ("192.0.2.1", 443))   # "I am an all
 
 
 async def exchange(port: int, source: str, prefix: bytes, data: bytes = GET) -> bytes:
-    """Connect from ``source``, send ``prefix`` then ``data``, read until the guard closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-    try:
-        writer.write(prefix + data)
-        await writer.drain()
-        try:
-            return await asyncio.wait_for(reader.read(), 10)
-        except ConnectionResetError:   # closed with our bytes unread: the kernel answers RST
-            return b""
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+    """Connect from ``source``, send ``prefix`` and ``data`` in one write, read until the guard closes."""
+    return await raw_exchange(port, prefix + data, source=source)
 
 
 async def test_a_peer_outside_the_list_is_closed_before_its_header_is_read(

@@ -55,10 +55,8 @@ async def _direct(config: Config, rows: dict[str, str] | None, logins: list[str]
         raise RuntimeError("challenge is not configured")
     store = make_store(config.store)
     engine = Engine(config, store, secret=stored_secret(config))
-    await store.start()
+    await engine.connect()
     try:
-        if not engine._secret:
-            engine._secret = await engine._shared_secret()
         ring = KeyRing.from_text(k.get_secret_value() for k in challenge.keys)
         enrolments = Enrolments(store, Sealer(ring), challenge.channels.totp)
         now = time.time()

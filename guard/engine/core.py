@@ -127,10 +127,18 @@ class Engine:
             self._sealer = LoginSealer(self._secret or b"unset-secret-unset")
         return self._sealer
 
-    async def start(self) -> None:
+    async def connect(self) -> None:
+        """Open the store and load the shared secret, without the ban cache or list fetching.
+
+        Enough for a command run beside a live guard (``guard totp``, ``guard reset``): its
+        account keys and sealed ids then match the guard's.  ``start`` begins with this.
+        """
         await self.store.start()
         if not self._secret:
             self._secret = await self._shared_secret()
+
+    async def start(self) -> None:
+        await self.connect()
         await self.bans.refresh(force=True)
         self.bans.start()
         self._fetcher = await self._start_fetcher(self.rt)
