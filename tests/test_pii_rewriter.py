@@ -406,3 +406,14 @@ def test_inputs_that_cannot_be_hidden_pass_unparsed_and_unchanged() -> None:
             f'<input type=checkbox value="{PHONE}" checked></form>').encode()
     out, _ = rewrite(default_policy(), page)
     assert out == page
+
+
+def test_each_policy_gets_its_own_patterns_when_they_are_reused() -> None:
+    """The scanner's patterns are built once per policy; a reload's new policy is never served old ones."""
+    page = b'<input type="text" name="mail" value="taro@example.jp"><input type="hidden" name="id" value="x">'
+    hidden_only = Policy(selectors=(Selector(Mode.REMOVE, kinds=frozenset({"email"})),))
+    every_input = Policy(selectors=(Selector(Mode.REMOVE, kinds=frozenset({"email"}),
+                                             scopes=frozenset({Scope.HIDDEN, Scope.INPUTS})),))
+    for _ in range(2):   # the second round reads the cached patterns
+        assert rewrite(hidden_only, page)[0] == page   # the e-mail is in a text input: out of scope
+        assert b"taro@example.jp" not in rewrite(every_input, page)[0]
