@@ -43,8 +43,8 @@ setting (UTF-8 only: a Shift_JIS value reaches Python as mojibake, so neither
 full-width digits nor Japanese field names can match), rewrites only the first
 of duplicated attributes (the later copies, and the PII in them, survive), and
 would be a compiled runtime dependency from a young package for one feature.
-The scanner here does what the job needs in pure Python: one
-C-level regular-expression ``match`` skips every construct that cannot hold PII
+The scanner here does what the job needs in Python: one DFA ``match`` (RE2,
+``guard.pii.skipdfa``) skips every construct that cannot hold PII
 (text, ordinary tags with their quoted attributes, comments, doctypes), and the
 Python slow path runs only at the tags the policy cares about and at raw-text
 elements.
@@ -87,10 +87,10 @@ from guard.pii.lexer import (
     TagMachine,
     is_self_closing,
     raw_end_pattern,
-    skip_pattern,
 )
 from guard.pii.policy import Policy, Scope
 from guard.pii.report import Report, Skip
+from guard.pii.skipdfa import SkipDFA, skip_dfa
 
 # Scanner states.
 _DATA, _TAG, _END_TAG, _BOGUS, _COMMENT_START, _COMMENT, _CDATA, _RAW, _PLAINTEXT = range(9)
@@ -193,7 +193,7 @@ class HTMLRewriter:
             state = self._state
             if state == _DATA:
                 skip = self._skip_foreign if self._foreign else self._skip
-                end = skip.match(buf, pos).end()  # type: ignore[union-attr]
+                end = skip.end(buf, pos)
                 if end > pos:
                     out.append(buf[pos:end])
                     pos = end
@@ -467,7 +467,7 @@ def _self_closing(tag: bytes) -> bool:
     return is_self_closing(tag, last)
 
 
-_Patterns = tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes] | None, re.Pattern[bytes] | None]
+_Patterns = tuple[SkipDFA, SkipDFA, re.Pattern[bytes] | None, re.Pattern[bytes] | None]
 _PATTERNS: dict[int, tuple[Policy, _Patterns]] = {}
 
 
@@ -475,14 +475,15 @@ def _patterns(policy: Policy) -> _Patterns:
     """The scanner's patterns for ``policy``, built once per policy rather than once per response.
 
     Building them (pattern text, then ``re``'s own cache lookup) on every HTML response made
-    a rewriter cost 16.7 us to create; with this, 5.6 us (measured in process, guard.yaml's policy).  Keyed by identity: a
-    policy lives from one config load to the next; the entry holds it, so its id is not reused.
+    a rewriter cost 16.7 us to create; with this, 5.6 us (measured in process, guard.yaml's
+    policy).  Keyed by identity: a policy lives from one config load to the next; the entry
+    holds it, so its id is not reused.
     """
     hit = _PATTERNS.get(id(policy))
     if hit is not None and hit[0] is policy:
         return hit[1]
     made = (
-        skip_pattern(policy.interest, False), skip_pattern(policy.interest, True),
+        skip_dfa(policy.interest, False), skip_dfa(policy.interest, True),
         _attr_needle(policy), _input_needle(policy),
     )
     if len(_PATTERNS) >= 16:   # reloads: old policies go
