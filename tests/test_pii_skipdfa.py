@@ -17,27 +17,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guard.pii.lexer import _COMMENT, RAWTEXT, RCDATA, TAG_NAME_RE, TAG_RE, Interest, raw_end_pattern, skip_pattern
-from guard.pii.skipdfa import COMMENT, SkipDFA, _not_in, skip_dfa
+from guard.pii.skipdfa import COMMENT, SkipDFA, _not_in, _options, skip_dfa, skip_source
 
 DEFAULT = Interest(elements=frozenset({b"input"}))
 WIDE = Interest(frozenset({b"input", b"a"}), frozenset({b"data-"}), frozenset({b"value", b"x"}))
 INTERESTS = (DEFAULT, WIDE)
 
 
-def _full(dfa: SkipDFA, s: bytes, end: int) -> bool:
-    return dfa._match(re2._Anchor.ANCHOR_BOTH, s[:end], 0, end)[0][0] != -1
+COMMENT_RE2 = re2.compile(COMMENT, _options())
+
+
+def _full(s: bytes, end: int) -> bool:
+    """Whether ``s[:end]`` is, as a whole, in the DFA's comment language."""
+    return COMMENT_RE2.fullmatch(s[:end]) is not None
 
 
 def test_comments_end_where_the_tokenizer_ends_them() -> None:
     """Every string of up to 8 bytes over the bytes that matter: the first (and only) end agrees."""
     reference = re.compile(_COMMENT)
-    dfa = SkipDFA(COMMENT)
     checked = 0
     for n in range(9):
         for tail in itertools.product(b"-!>x", repeat=n):
             s = b"<!--" + bytes(tail)
             ref = reference.match(s)
-            ends = [k for k in range(len(s) + 1) if _full(dfa, s, k)]
+            ends = [k for k in range(len(s) + 1) if _full(s, k)]
             assert ends == ([ref.end()] if ref else []), s
             checked += 1
     assert checked == sum(4**n for n in range(9))
@@ -140,3 +143,21 @@ def test_the_complement_of_a_name_set() -> None:
     for name, ok in [(b"i", True), (b"in", False), (b"IN", False), (b"inp", True), (b"input", False),
                      (b"inputs", True), (b"d", True), (b"da", False), (b"data-x", False), (b"x", True)]:
         assert (pattern.match(name) is not None) is ok, name
+
+
+def test_the_public_binding_gives_the_same_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the binding's internals (a compiled pattern with no ``_regexp``), ``match`` is used."""
+    source = skip_source(WIDE, False)
+    fast = SkipDFA(source)
+    compile_ = re2.compile
+
+    class PublicOnly:
+        def __init__(self, source: bytes, options: object) -> None:
+            self.match = compile_(source, options).match
+
+    monkeypatch.setattr(re2, "compile", PublicOnly)
+    public = SkipDFA(source)
+    assert public.end.__code__ is not fast.end.__code__   # the other path, really
+    for page in (b"<!-- x -->y<a>", b"<b c=d><title>x</title><input>", b"<!-- open", b"text", b""):
+        for pos in range(len(page) + 1):
+            assert public.end(page, pos) == fast.end(page, pos)
