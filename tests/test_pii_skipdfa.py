@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guard.pii.lexer import _COMMENT, RAWTEXT, RCDATA, TAG_NAME_RE, TAG_RE, Interest, raw_end_pattern, skip_pattern
-from guard.pii.skipdfa import COMMENT, SkipDFA, _not_in, _options, skip_dfa, skip_source
+from guard.pii.skipdfa import COMMENT, SkipDFA, _avoiding, _not_in, _options, skip_dfa, skip_source
 
 DEFAULT = Interest(elements=frozenset({b"input"}))
 WIDE = Interest(frozenset({b"input", b"a"}), frozenset({b"data-"}), frozenset({b"value", b"x"}))
@@ -46,22 +46,29 @@ def test_comments_end_where_the_tokenizer_ends_them() -> None:
     assert checked == sum(4**n for n in range(9))
 
 
-def _reference_end(page: bytes, interest: Interest, foreign: bool) -> int:
+NEEDLE = re.compile(rb"hidden|&", re.IGNORECASE)   # the rewriter's input needle
+
+
+def _reference_end(page: bytes, interest: Interest, foreign: bool, plain: bool = False) -> int:
     """Where the reference grammar stops, going on through raw-text elements as the DFA does.
 
     The ``re`` grammar stops at ``<title>``, ``<style>`` ...: the rewriter's slow path then
     finds the end tag.  The DFA takes a raw-text element whole when the policy does not read
-    it (its name, or an attribute of its start tag) and its end tag is in the buffer.
+    it (its name, or an attribute of its start tag) and its end tag is in the buffer.  With
+    ``plain``, it also passes on an ``<input>`` that the input needle would pass on.
     """
     ref = skip_pattern(interest, foreign)
     pos = 0
     while True:
         end = ref.match(page, pos).end()  # type: ignore[union-attr]
         tag = TAG_RE.match(page, end)
-        if foreign or tag is None or page[end + 1:end + 2] == b"/":
+        if tag is None or page[end + 1:end + 2] == b"/":
             return end
         name = TAG_NAME_RE.match(page, end).group(1).lower()  # type: ignore[union-attr]
-        if name not in RAWTEXT | RCDATA or name in interest.elements:
+        if plain and name == b"input" and NEEDLE.search(page, end, tag.end()) is None:
+            pos = tag.end()
+            continue
+        if foreign or name not in RAWTEXT | RCDATA or name in interest.elements:
             return end
         # The same tag under a name the policy does not stop at: do its attributes pass?
         neutral = b"<" + b"q" * len(name) + page[end + 1 + len(name):tag.end()]
@@ -74,9 +81,9 @@ def _reference_end(page: bytes, interest: Interest, foreign: bool) -> int:
         pos = close_tag.end()
 
 
-def _agree(page: bytes, interest: Interest, foreign: bool) -> None:
-    ref = _reference_end(page, interest, foreign)
-    got = skip_dfa(interest, foreign).end(page, 0)
+def _agree(page: bytes, interest: Interest, foreign: bool, plain: bool = False) -> None:
+    ref = _reference_end(page, interest, foreign, plain)
+    got = skip_dfa(interest, foreign, plain).end(page, 0)
     # One documented difference: a run of '<' before a construct that is not complete yet is
     # left to the slow path, which passes each '<' on as text (the re grammar looks ahead).
     assert got == ref or (got < ref and set(page[got:ref]) == {0x3C}), (page, ref, got)
@@ -97,6 +104,18 @@ FRAGMENTS = [
 def test_the_dfa_stops_where_the_reference_grammar_stops(parts: list[bytes], interest: Interest,
                                                          foreign: bool) -> None:
     _agree(b"".join(parts), interest, foreign)
+
+
+PLAIN_FRAGMENTS = [
+    b"<input", b"<INPUT ", b" type=", b"hidden", b"HIDDEN", b"hid", b"den", b"h", b"H", b"&", b"&#104;", b'"',
+    b"'", b" ", b"=", b">", b"/", b"value=", b"x", b"<a>", b"<!--", b"-->", b"<title>", b"</title>", b"\n",
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(parts=st.lists(st.sampled_from(PLAIN_FRAGMENTS), max_size=24), foreign=st.booleans())
+def test_inputs_that_cannot_be_hidden_pass_as_the_needle_says(parts: list[bytes], foreign: bool) -> None:
+    _agree(b"".join(parts), DEFAULT, foreign, plain=True)
 
 
 @settings(max_examples=1000, deadline=None)
@@ -161,3 +180,28 @@ def test_the_public_binding_gives_the_same_answers(monkeypatch: pytest.MonkeyPat
     for page in (b"<!-- x -->y<a>", b"<b c=d><title>x</title><input>", b"<!-- open", b"text", b""):
         for pos in range(len(page) + 1):
             assert public.end(page, pos) == fast.end(page, pos)
+
+
+@pytest.mark.parametrize("page, stop", [
+    (b'<input type="text" name="user"><input type=hidden value=1>', 31),
+    (b'<input type="HIDDEN">', 0),
+    (b"<input value='&#104;'>", 0),                  # a reference could spell hidden
+    (b'<input name="hid den"><input name="xhiddenx">', 22),
+    (b'<input data-x="h"idden>', 23),               # no "hidden" in the bytes: the needle passes it too
+    (b'<input type=text hidde n>x', 26),
+])
+def test_plain_inputs(page: bytes, stop: int) -> None:
+    assert skip_dfa(DEFAULT, False, True).end(page, 0) == stop
+    _agree(page, DEFAULT, False, plain=True)
+
+
+def test_runs_avoid_the_word_exactly() -> None:
+    """Every string of up to 5 bytes over the bytes that matter, from each partial match."""
+    allowed = frozenset(range(256)) - {0x26}
+    for matched in (0, 1, 3, 5):
+        pattern = re2.compile(b"(?:%s)" % _avoiding(allowed, matched), _options())
+        for n in range(6):
+            for tail in itertools.product(b"hHiden&x", repeat=n):
+                s = bytes(tail)
+                ok = b"hidden" not in (b"hidden"[:matched] + s).lower() and b"&" not in s
+                assert (pattern.fullmatch(s) is not None) is ok, (matched, s)

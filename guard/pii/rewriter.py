@@ -489,9 +489,11 @@ def _patterns(policy: Policy) -> _Patterns:
     hit = _PATTERNS.get(id(policy))
     if hit is not None and hit[0] is policy:
         return hit[1]
+    needle = _input_needle(policy)
+    plain = needle is not None    # the DFA passes on inputs that cannot be hidden, as the needle would
     made = (
-        skip_dfa(policy.interest, False), skip_dfa(policy.interest, True),
-        _attr_needle(policy), _input_needle(policy),
+        skip_dfa(policy.interest, False, plain), skip_dfa(policy.interest, True, plain),
+        _attr_needle(policy), needle,
     )
     if len(_PATTERNS) >= 16:   # reloads: old policies go
         _PATTERNS.clear()
