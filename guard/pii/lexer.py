@@ -121,7 +121,10 @@ class Interest:
 
 @functools.lru_cache(maxsize=64)
 def skip_pattern(interest: Interest, foreign: bool) -> re.Pattern[bytes]:
-    """The fast path: one ``match`` that consumes every construct the rewriter can pass on as is.
+    """The fast path's reference grammar: one ``match`` that consumes every construct the rewriter can pass on as is.
+
+    The rewriter runs the same language as a DFA (``guard.pii.skipdfa``, RE2); this readable
+    backtracking form is the oracle its property tests compare against.
 
     It stops before the first construct that needs the slow path: an interesting
     start tag, a raw-text opener, anything incomplete at the end of the buffer,
