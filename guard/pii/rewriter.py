@@ -52,9 +52,9 @@ of duplicated attributes (the later copies, and the PII in them, survive), and
 would be a compiled runtime dependency from a young package for one feature.
 The scanner here does what the job needs in Python: one DFA ``match`` (RE2,
 ``guard.pii.skipdfa``) skips every construct that cannot hold PII
-(text, ordinary tags with their quoted attributes, comments, doctypes), and the
-Python slow path runs only at the tags the policy cares about and at raw-text
-elements.
+(text, ordinary tags with their quoted attributes, comments, doctypes, raw-text
+elements whose end tag is in the buffer), and the Python slow path runs only at the
+tags the policy cares about, at ``<script>`` and at constructs cut by a chunk end.
 
 Safety properties (each has a test)
 -----------------------------------
