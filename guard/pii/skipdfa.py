@@ -177,20 +177,27 @@ def _tag_rest(
 # attribute name or value: each run below avoids it, and '&' is left out of every class.
 # Its first byte does not recur in it, so a mismatch only ever restarts at an 'h'.
 
-_WORD = b"hidden"
+def _avoiding(
+    cls: frozenset[int], matched: int = 0, *, stem: bytes = b"hidde", stop: frozenset[int] = frozenset(b"nN"),
+) -> bytes:
+    """Strings over ``cls`` in which ``stem`` (ASCII case-insensitively) is never followed by a
+    byte of ``stop``, read after ``matched`` bytes of the stem: by default, no "hidden".
 
+    Raw text uses it too (no "</title" then whitespace, '/' or '>').  The stem's first byte
+    must not recur in it, so a mismatch can only restart at that byte: the text is bytes
+    other than it, and runs that start with it and break off (by a byte that neither goes on
+    with the stem nor restarts it) or are followed by another start.
+    """
+    w0 = _variants(stem[0], True) & cls
+    size = len(stem)
 
-def _avoiding(cls: frozenset[int], matched: int = 0) -> bytes:
-    """Strings over ``cls`` with no "hidden" in them, read after ``matched`` bytes of it."""
-    w0 = _variants(_WORD[0], True) & cls
-    last = len(_WORD) - 1
+    def grow(i: int) -> bytes:        # the partial of length i goes on, or stops, short of a match
+        return rb"(?:%s%s)?" % (_ci(stem[i]), grow(i + 1)) if i < size else b""
 
-    def grow(i: int) -> bytes:        # the partial of length i goes on, or stops, short of the word
-        return rb"(?:%s%s)?" % (_ci(_WORD[i]), grow(i + 1)) if i < last else b""
-
-    def broken(i: int) -> bytes:      # the partial of length i goes on, then a byte breaks it (not an 'h')
-        here = _cls(cls - _variants(_WORD[i], True) - w0)
-        return rb"(?:%s|%s%s)" % (here, _ci(_WORD[i]), broken(i + 1)) if i < last else here
+    def broken(i: int) -> bytes:      # the partial of length i goes on, then a byte breaks it off
+        if i == size:
+            return _cls(cls - stop - w0)
+        return rb"(?:%s|%s%s)" % (_cls(cls - _variants(stem[i], True) - w0), _ci(stem[i]), broken(i + 1))
 
     h = _cls(w0)
     free = rb"(?:%s|(?:%s%s)*%s%s)*(?:%s%s)*" % (_cls(cls - w0), h, grow(1), h, broken(1), h, grow(1))
@@ -203,7 +210,7 @@ def _avoiding(cls: frozenset[int], matched: int = 0) -> bytes:
 def _run(first: frozenset[int], rest: frozenset[int]) -> bytes:
     """A byte of ``first`` then bytes of ``rest``, no "hidden" and no '&' anywhere."""
     first, rest = first - {0x26}, rest - {0x26}
-    w0 = _variants(_WORD[0], True)
+    w0 = _variants(ord("h"), True)
     return rb"(?:%s%s|%s%s)" % (_cls(first - w0), _avoiding(rest), _cls(first & w0), _avoiding(rest, 1))
 
 
@@ -246,14 +253,7 @@ def _ci(c: int) -> bytes:
 
 
 def _raw_text(name: bytes) -> bytes:
-    rest = b"/" + name
-    broken = _cls(_but(_WS, b"/><"))              # after the whole "</name": not an end tag
-    for c in reversed(rest):
-        broken = rb"(?:%s|%s%s)" % (_cls(_but(_variants(c, True), b"<")), _ci(c), broken)
-    partial = b""
-    for c in reversed(rest):
-        partial = rb"(?:%s%s)?" % (_ci(c), partial)
-    return rb"(?:[^<]|(?:<%s)*<%s)*(?:<%s)*" % (partial, broken, partial)
+    return _avoiding(_ALL, stem=b"</" + name, stop=_WS | {0x2F, 0x3E})
 
 
 def _raw_element(name: bytes, name_b: bytes, name_a: bytes, any_b: bytes, any_a: bytes) -> bytes:
