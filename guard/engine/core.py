@@ -33,8 +33,11 @@ from guard.engine.bancache import BanCache, ip_subjects, subnet_of
 from guard.engine.clock import Clock, SystemClock
 from guard.engine.decision import PASS, Action, Decision, Reason
 from guard.engine.facts import RequestFacts, ResponseFacts
+from guard.engine.loginbody import extract
+from guard.engine.outcome import BODY_PEEK, classify, needs_body
 from guard.engine.runtime import Runtime, build_runtime
 from guard.engine.sealing import LoginSealer
+from guard.engine.usernames import Normalizer, password_fingerprint, username_key
 from guard.observe.events import ExposureEntry, NullObserver, Observer
 from guard.rules.context import NO_GEO, AccountHistory, Context, CounterSpec, GeoFacts
 from guard.rules.evaluate import Verdict, allow_verdict, decide, first_allow, match
@@ -113,6 +116,8 @@ class Engine:
         self._secret: bytes = secret or (config.secret_key or "").encode()
         self._store_ok = True
         self._attack_until = 0.0
+        self._plan: tuple[Runtime, tuple[tuple[CounterSpec, str, str, str, Any], ...]] | None = None
+        self._shared_seen: tuple[Any, tuple[float | None, float | None]] = (None, (None, None))
         self.attack_log = AttackLog(log)
         self._fetcher: Any = None
         self.observer: Observer = NullObserver()
@@ -200,7 +205,6 @@ class Engine:
 
     def response_peek(self, login_id: str) -> int:
         """How many bytes of a login response body the outcome classifier needs (0: none)."""
-        from guard.engine.outcome import BODY_PEEK, needs_body
 
         ep = self.rt.logins.endpoints.get(login_id)
         return BODY_PEEK if ep is not None and needs_body(ep.outcome) else 0
@@ -241,8 +245,6 @@ class Engine:
 
     async def on_login(self, req: RequestFacts) -> Decision:
         """The login body is buffered in ``req.body``: one store batch, then the login rules."""
-        from guard.engine.loginbody import extract
-        from guard.engine.usernames import password_fingerprint, username_key
 
         rt = self.rt
         state: LoginState | None = req.scratch
@@ -317,7 +319,6 @@ class Engine:
         ``seen`` says whether the upstream's answer reaches the client (False when the guard
         holds it behind a second factor): the exposure ledger records which.
         """
-        from guard.engine.outcome import classify
 
         state: LoginState | None = req.scratch
         if state is None:
@@ -463,7 +464,6 @@ class Engine:
 
     async def set_forced_reset(self, logins: list[str], on: bool = True) -> int:
         """Put accounts on (or take them off) the forced-reset list; returns how many."""
-        from guard.engine.usernames import Normalizer, username_key
 
         norm = self.rt.normalizer or Normalizer(self.config.usernames, None)
         ops: list[Op] = []
@@ -557,12 +557,11 @@ class Engine:
     ) -> tuple[list[Op], list[Any]]:
         ops: list[Op] = [GetBans(ip_subjects(ctx.ip))]
         readers: list[Any] = [_ignore]
-        for spec in rt.rules.counters:
-            value = keys.get(spec.key)
+        for spec, kind, m, suffix, reader in self._counter_plan(rt):
+            value = keys.get(kind)
             if value is None:
                 continue
-            key = _counter_key(spec, value)
-            m = spec.metric
+            key = f"v:{kind}:{value}:{suffix}"
             if m == "attempts":
                 ops.append(Hit(key, spec.window))
             elif m == "distinct_usernames":
@@ -573,7 +572,7 @@ class Engine:
                 ops.append(AddDistinct(key, spec.window, ctx.ip))
             else:
                 ops.append(Count(key, spec.window))
-            readers.append(_set_counter(spec))
+            readers.append(reader)
         if rt.rules.needs_account and ctx.user_key is not None:
             ops.append(Get(f"acct:{ctx.user_key}"))
             readers.append(_set_account)
@@ -596,6 +595,22 @@ class Engine:
             ])
         return ops, readers
 
+    def _counter_plan(self, rt: Runtime) -> tuple[tuple[CounterSpec, str, str, str, Any], ...]:
+        """Per counter: its key kind, metric, store-key suffix and reader, made once per rule set.
+
+        A login's batch is built from this on every attempt; making the keys' fixed parts and
+        the readers here keeps that loop to one f-string and one op per counter.
+        """
+        plan = self._plan
+        if plan is None or plan[0] is not rt:
+            rows = tuple(
+                (spec, spec.key, spec.metric, _counter_key(spec, "")[len(f"v:{spec.key}::"):],
+                 _set_counter(spec))
+                for spec in rt.rules.counters
+            )
+            plan = self._plan = (rt, rows)
+        return plan[1]
+
     async def _attack_state(self, ctx: Context, raw: dict[str, Any]) -> bool:
         """Global failure spike against the learned baseline, with hysteresis (``attack.hold``).
 
@@ -608,7 +623,7 @@ class Engine:
         if not a.enabled:
             return False
         now = ctx.now
-        shared = _shared_attack(raw.get("atk_on"), now)
+        shared = self._shared(raw.get("atk_on"), now)
         short = float(raw.get("f_short", 0) or 0)
         long_ = float(raw.get("f_long", 0) or 0)
         rate_now = short / a.window
@@ -632,6 +647,18 @@ class Engine:
         self.attack_log.follow(now, on, login=True, failures=short, rate_per_min=rate_now * 60,
                                baseline_per_min=baseline * 60)
         return on
+
+    def _shared(self, value: Any, now: float) -> tuple[float | None, float]:
+        """``atk:on`` as (since, until); an entry without ``until`` (an older guard's) holds for a second.
+
+        The last entry parsed is remembered: during an attack every login reads the same value,
+        and parsing its JSON each time was a tenth of a decision's CPU."""
+        seen, parsed = self._shared_seen
+        if value is None or value != seen:
+            parsed = _parse_shared(value)
+            self._shared_seen = (value, parsed)
+        since, until = parsed
+        return since, now + 1 if until is None else until
 
     def _judged_upstream(self, decision: Decision) -> bool:
         """A step-up challenge forwards the login: ``on_response`` counts its real outcome."""
@@ -705,17 +732,18 @@ class Engine:
         return on
 
 
-def _shared_attack(value: Any, now: float) -> tuple[float | None, float]:
-    """``atk:on`` as (since, until); an entry without ``until`` (an older guard's) holds for a second."""
+def _parse_shared(value: Any) -> tuple[float | None, float | None]:
+    """``atk:on`` as (since, until), ``until`` None where it is "a second from now" (unreadable or
+    missing), so the parse does not depend on the time and can be reused."""
     if value is None:
         return None, 0.0
     try:
         doc = json.loads(value)
         since, until = doc.get("since"), doc.get("until")
         return (float(since) if isinstance(since, int | float) else None,
-                float(until) if isinstance(until, int | float) else now + 1)
+                float(until) if isinstance(until, int | float) else None)
     except (ValueError, TypeError, AttributeError):
-        return None, now + 1
+        return None, None
 
 
 def request_cookies(headers: Any) -> dict[str, str]:

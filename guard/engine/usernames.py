@@ -20,7 +20,6 @@ load-time ``load_aliases``, which reads one file.
 from __future__ import annotations
 
 import csv
-import hashlib
 import hmac
 import unicodedata
 from collections.abc import Mapping
@@ -139,7 +138,7 @@ def _digest(secret: bytes, purpose: bytes, text: str) -> str:
         raise ValueError(f"the HMAC secret must be at least {MIN_SECRET} bytes")
     # surrogatepass: JSON bodies can carry lone surrogates ("\ud800"), which strict UTF-8 refuses.
     message = purpose + b"\x00" + text.encode("utf-8", "surrogatepass")
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(secret, message, "sha256").hex()[:32]
 
 
 def username_key(secret: bytes, normalized: str) -> str:

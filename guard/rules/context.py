@@ -36,6 +36,15 @@ class CounterSpec:
     key: str       # one of KEY_KINDS
     metric: str    # attempts | failures | successes | distinct_usernames | distinct_ips
     window: float
+    # Every login looks specs up in ``Context.counters`` a dozen times: the generated hash
+    # built a tuple on each call, so it is computed once.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.key, self.metric, self.window)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def label(self) -> str:
