@@ -67,8 +67,9 @@ async def test_a_request_within_the_limit_is_served(upstream: Upstream, make_gua
 async def test_the_wait_for_a_pooled_upstream_connection_is_bounded_too(
     upstream: Upstream, make_guard: GuardFactory
 ) -> None:
-    """Every pooled connection busy: a request waits ``max_queue_time`` (+ connect) for one, not a minute."""
-    g = await make_guard(upstream.url, limits={"upstream_connections": 1, "max_queue_time": "200ms"},
+    """Every pooled connection busy: a request waits what is left of ``max_queue_time`` for one,
+    then gets the overload 503 (``Retry-After``), not a minute in line or a 504."""
+    g = await make_guard(upstream.url, limits={"upstream_connections": 1, "max_queue_time": "300ms"},
                          timeouts={"upstream_connect": 1, "upstream_read": 30})
     holder = asyncio.create_task(raw_get(g.port, "/hold"))
     await asyncio.wait_for(upstream.arrived.wait(), 5)
@@ -76,11 +77,33 @@ async def test_the_wait_for_a_pooled_upstream_connection_is_bounded_too(
     t0 = loop.time()
     waiting = await raw_get(g.port, "/waiting")
     waited = loop.time() - t0
-    assert_branded(waiting, 504)
-    assert waited < 3.0, waited
+    assert_branded(waiting, 503)
+    assert waiting.header("Retry-After") == ["1"] and waiting.header("Connection") == ["close"]
+    assert 0.25 <= waited < 1.5, waited
+    assert g.server._handler.shed == 1  # type: ignore[union-attr]
     upstream.release.set()
     assert (await holder).status == 200
     assert [s.raw_path for s in upstream.seen] == ["/hold"]
+    assert [(line["path"], line["status"]) for line in g.log()] == [("/waiting", 503), ("/hold", 200)]
+
+
+async def test_requests_waiting_for_a_pooled_connection_get_it_in_arrival_order(
+    upstream: Upstream, make_guard: GuardFactory
+) -> None:
+    """One pooled connection, held; five requests line up behind it and reach the upstream in
+    the order they arrived, each on the connection the one before gave back."""
+    g = await make_guard(upstream.url, limits={"upstream_connections": 1, "max_queue_time": "10s"})
+    holder = asyncio.create_task(raw_get(g.port, "/hold"))
+    await asyncio.wait_for(upstream.arrived.wait(), 5)
+    waiting = []
+    for i in range(5):
+        waiting.append(asyncio.create_task(raw_get(g.port, f"/w{i}")))
+        await wait_until(lambda n=i + 2: g.server.in_flight == n)   # in line before the next one comes
+    upstream.release.set()
+    assert (await holder).status == 200
+    assert [r.status for r in await asyncio.gather(*waiting)] == [200] * 5
+    assert [s.raw_path for s in upstream.seen] == ["/hold", "/w0", "/w1", "/w2", "/w3", "/w4"]
+    assert g.server.in_flight == 0 and g.server._handler.upstream.slots._value == 1  # type: ignore[union-attr]
 
 
 def burn(seconds: float) -> None:

@@ -385,8 +385,28 @@ class ProxyHandler:
 
         # ---- the upstream's head (and what of the body came with it) ----
         upstream, method, path_qs = self.upstream, request.method, target.path_qs
+        slots = upstream.slots
+        self._in_flight += 1   # waiting for a slot counts: limits.max_pending_upstream bounds the line
+        if slots.locked():
+            # Every pooled connection is busy: wait in line, first come first served, for what
+            # is left of limits.max_queue_time.  aiohttp's own pool queue lets a newcomer take a
+            # connection freed for a waiter, so under overload some waited 7 s, then got a 504.
+            proto = cast(GuardProtocol, request.protocol)
+            since = proto.head_at if proto.head_at > 0.0 else t0
+            try:
+                async with asyncio.timeout(since + rt.max_queue_time - self._time()):
+                    await slots.acquire()
+            except BaseException as exc:
+                self._in_flight -= 1
+                if feed is not None:
+                    feed.stop()
+                if not isinstance(exc, TimeoutError):
+                    raise
+                self.shed += 1
+                return self._unavailable(request, rt, proto, t0, OVERLOADED, facts)
+        else:
+            await slots.acquire()   # free: returns at once
         up: ClientResponse | None = None
-        self._in_flight += 1
         try:
             t_up = self._time()
             try:
@@ -486,9 +506,11 @@ class ProxyHandler:
                 feed.stop()
             if up is not None:
                 up.release()  # back to the pool if the body was read to the end; closed otherwise
+            slots.release()
 
     def _unavailable(
-        self, request: web.BaseRequest, rt: Settings, proto: GuardProtocol, t0: float, why: Decision
+        self, request: web.BaseRequest, rt: Settings, proto: GuardProtocol, t0: float, why: Decision,
+        facts: RequestFacts | None = None,
     ) -> web.StreamResponse:
         """Overload: a 503 page with ``Retry-After`` at once (no rules, no upstream: microseconds).
 
@@ -505,8 +527,9 @@ class ProxyHandler:
         refused at accept for a fraction of that (``guard.http.listener``), or lands on
         another worker or machine.
         """
-        facts = RequestFacts(proto.peer, request.method, "", headers=request.headers, peer=proto.peer,
-                             scheme=rt.scheme)
+        if facts is None:
+            facts = RequestFacts(proto.peer, request.method, "", headers=request.headers, peer=proto.peer,
+                                 scheme=rt.scheme)
         resp = self._page(request, rt, facts, why, 503, t0, close=True)
         resp.headers["Retry-After"] = "1"
         return resp

@@ -50,7 +50,7 @@ def failure_status(exc: BaseException) -> int:
 
 
 class Upstream:
-    __slots__ = ("_limit", "_prefix", "_session", "_ssl", "netloc", "server_hostname")
+    __slots__ = ("_limit", "_prefix", "_session", "_ssl", "netloc", "server_hostname", "slots")
 
     def __init__(self, config: Config) -> None:
         url = URL(config.upstream)
@@ -61,6 +61,10 @@ class Upstream:
         self._ssl = upstream_context(config.upstream_tls) if url.scheme == "https" else True
         self._limit = config.limits.upstream_connections
         self._session: ClientSession | None = None
+        # The proxy takes one of these before it asks the pool for a connection and gives it
+        # back once the connection is released: asyncio's semaphore serves waiters in order
+        # and lets no newcomer pass them, which aiohttp's pool queue does not promise.
+        self.slots = asyncio.Semaphore(self._limit)
 
     async def start(self) -> None:
         connector = TCPConnector(
