@@ -95,7 +95,11 @@ class LoginState:
 
 
 def _counter_key(spec: CounterSpec, value: str) -> str:
-    return f"v:{spec.key}:{value}:{_METRIC_CODE[spec.metric]}:{spec.window:g}"
+    return f"v:{spec.key}:{value}:{_counter_suffix(spec)}"
+
+
+def _counter_suffix(spec: CounterSpec) -> str:
+    return f"{_METRIC_CODE[spec.metric]}:{spec.window:g}"
 
 
 class Engine:
@@ -604,8 +608,7 @@ class Engine:
         plan = self._plan
         if plan is None or plan[0] is not rt:
             rows = tuple(
-                (spec, spec.key, spec.metric, _counter_key(spec, "")[len(f"v:{spec.key}::"):],
-                 _set_counter(spec))
+                (spec, spec.key, spec.metric, _counter_suffix(spec), _set_counter(spec))
                 for spec in rt.rules.counters
             )
             plan = self._plan = (rt, rows)
