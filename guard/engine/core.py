@@ -282,8 +282,7 @@ class Engine:
                 ctx.password_breached = await rt.breached.contains_async(fields.password)
         keys = self._keys(ctx)
         state.keys = keys
-        detector: dict[str, Any] = {}
-        ops, readers = self._login_batch(ctx, keys, rt, detector)
+        ops, readers = self._login_batch(ctx, keys, rt)
         t_store = time.perf_counter()
         try:
             results = await self.store.execute(ops, ctx.now)
@@ -296,8 +295,11 @@ class Engine:
             return Decision(Action.UNAVAILABLE, (STORE_DOWN_CLOSED,), status=503)
         self.observer.store_op(time.perf_counter() - t_store, True)
         self._store_ok = True
-        for reader, value in zip(readers, results, strict=True):
+        for reader, value in zip(readers, results, strict=False):
             reader(ctx, value)
+        # the attack detector's reads are the batch's last ones, past the readers
+        tail = results[len(readers):]
+        detector = dict(zip(_DETECTOR_READS, tail, strict=True)) if tail else {}
         attack_now = await self._attack_state(ctx, detector)
         ctx.attack = attack_now
         rules = rt.rules.login_rules
@@ -557,7 +559,7 @@ class Engine:
         return keys
 
     def _login_batch(
-        self, ctx: Context, keys: dict[str, str], rt: Runtime, detector: dict[str, Any]
+        self, ctx: Context, keys: dict[str, str], rt: Runtime
     ) -> tuple[list[Op], list[Any]]:
         ops: list[Op] = [GetBans(ip_subjects(ctx.ip))]
         readers: list[Any] = [_ignore]
@@ -586,16 +588,12 @@ class Engine:
                 subjects.append(("account", f"flag:acct:{ctx.user_key}"))
             for name, key in subjects:
                 ops.append(Get(key))
-                readers.append(_set_flag(name))
+                readers.append(_FLAG_READERS[name])
         a = self.config.attack
         if a.enabled:
-            ops.extend([
+            ops.extend([   # in the order of _DETECTOR_READS
                 Count("atk:f:short", a.window), Count("atk:f:long", a.baseline),
                 CountDistinct("atk:fsrc", a.window), Get("atk:on"),
-            ])
-            readers.extend([
-                _into(detector, "f_short"), _into(detector, "f_long"), _into(detector, "sources"),
-                _into(detector, "atk_on"),
             ])
         return ops, readers
 
@@ -804,11 +802,8 @@ def _set_flag(name: str) -> Any:
     return reader
 
 
-def _into(target: dict[str, Any], name: str) -> Any:
-    def reader(ctx: Context, value: Any) -> None:
-        target[name] = value
-
-    return reader
+_FLAG_READERS = {name: _set_flag(name) for name in ("ip", "subnet", "account")}
+_DETECTOR_READS = ("f_short", "f_long", "sources", "atk_on")
 
 
 def _banned(ban: Ban) -> Decision:
@@ -817,5 +812,3 @@ def _banned(ban: Ban) -> Decision:
         (Reason("banned", f"{ban.subject} banned ({ban.reason or 'manual'})", values={"until": int(ban.until)}),),
         status=403,
     )
-
-

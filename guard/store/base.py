@@ -47,9 +47,12 @@ def slice_index(now: float, window: float) -> int:
 
 
 # ---- operations -------------------------------------------------------------------------------
+# Values: build one, hand it to ``execute``, never change it.  Not ``frozen``: a frozen
+# dataclass sets each field through ``object.__setattr__``, three times the cost of a
+# plain one, and a login builds twenty of these.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hit:
     """Add ``amount`` events to a sliding-window counter; result: the count after adding (int)."""
 
@@ -58,7 +61,7 @@ class Hit:
     amount: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Count:
     """Read a sliding-window counter; result: int."""
 
@@ -66,7 +69,7 @@ class Count:
     window: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AddDistinct:
     """Add ``member`` to a sliding-window distinct set; result: the distinct count after adding.
 
@@ -79,7 +82,7 @@ class AddDistinct:
     member: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CountDistinct:
     """Read a sliding-window distinct count; result: int."""
 
@@ -87,14 +90,14 @@ class CountDistinct:
     window: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Get:
     """Result: the value (bytes) or None when absent or expired."""
 
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Put:
     """Store ``value`` for ``ttl`` seconds (``ttl`` > 0); result: None."""
 
@@ -103,7 +106,7 @@ class Put:
     ttl: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PutNew:
     """Store only if absent; result: True when stored (a lock or a first-seen marker)."""
 
@@ -112,21 +115,21 @@ class PutNew:
     ttl: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Take:
     """Get and delete in one step; result: the value or None.  Single-use codes and holds."""
 
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     """Result: True when something was deleted.  Also deletes counters and distinct sets of ``key``."""
 
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Incr:
     """A plain counter that expires ``ttl`` seconds after its first increment; result: the new value."""
 
@@ -135,7 +138,7 @@ class Incr:
     amount: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GetBans:
     """Result: a list, one entry per subject: the active ``Ban`` or None."""
 
