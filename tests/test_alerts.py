@@ -36,6 +36,7 @@ def exported() -> set[str]:
     m.rule_hits.labels("r", "enforce").inc()
     m.logins.labels("login", "failure").inc()
     m.requests.labels("pass", "2xx").inc()
+    m.overload({("request", "loop_lag"): 1}, 0.2)
     names: set[str] = set()
     for fam in text_string_to_metric_families(m.render().decode()):
         names.update(s.name for s in fam.samples)
@@ -51,7 +52,7 @@ def test_alert_expressions_use_exported_metrics() -> None:
     names = exported()
     exprs = expressions()
     assert {"LoginGuardAttackInProgress", "LoginGuardFailureRatioSpike", "LoginGuardStoreDown",
-            "LoginGuardUpstreamErrors", "LoginGuardChallengeChannelFailing"} <= {
+            "LoginGuardUpstreamErrors", "LoginGuardChallengeChannelFailing", "LoginGuardShedding"} <= {
         r["alert"] for g in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
         for r in g["rules"]}
     for expr in exprs:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from guard.engine.decision import Action
 from guard.observe.hub import Observability
+from guard.store.base import Hit, Put
 from tests.observe_fixtures import event, make_engine
 
 
@@ -37,6 +38,9 @@ async def test_from_config_wires_the_engine_and_follows_its_state(tmp_path: Path
         await until(lambda: not obs.live.attack_state.get("active"))
         assert "guard_attack_in_progress 0.0" in obs.metrics.render().decode()
         assert "guard_bans_active 1.0" in obs.metrics.render().decode()
+        # the memory store's size, so an SRE sees state grow toward store.max_keys
+        await engine.store.execute([Put("a", b"1", 60), Put("b", b"2", 60), Hit("c", 60)], engine.clock.now())
+        await until(lambda: "guard_store_keys 3.0" in obs.metrics.render().decode())
     finally:
         await obs.close()
         await engine.close()

@@ -80,7 +80,11 @@ async def test_the_wait_for_a_pooled_upstream_connection_is_bounded_too(
     assert_branded(waiting, 503)
     assert waiting.header("Retry-After") == ["1"] and waiting.header("Connection") == ["close"]
     assert 0.25 <= waited < 1.5, waited
-    assert g.server._handler.shed == 1  # type: ignore[union-attr]
+    assert g.server._handler.queued_out == 1  # type: ignore[union-attr]
+    obs = g.server.observability
+    assert obs is not None   # the hub reads the count on its next once-a-second poll
+    refused = 'guard_overload_refused_total{reason="queue_time",stage="upstream_queue"} 1.0'
+    await wait_until(lambda: refused in obs.metrics.render().decode(), limit=5)
     upstream.release.set()
     assert (await holder).status == 200
     assert [s.raw_path for s in upstream.seen] == ["/hold"]
@@ -160,6 +164,18 @@ async def test_new_requests_get_a_503_while_the_loop_is_late_and_are_served_agai
     await wait_until(lambda: not lag.overloaded)   # the loop is idle again: a few on-time ticks
     after = await raw_get(g.port, "/after")
     assert after.status == 200 and upstream.seen[-1].raw_path == "/after"
+    obs = g.server.observability
+    assert obs is not None   # SREs see both refusals and the lag behind them on /metrics
+
+    def exported() -> bool:
+        text = obs.metrics.render().decode()
+        return all(f'guard_overload_refused_total{{reason="loop_lag",stage="{stage}"}} 1.0' in text
+                   for stage in ("request", "accept"))
+
+    await wait_until(exported)
+    lags = [float(line.split()[-1]) for line in obs.metrics.render().decode().splitlines()
+            if line.startswith("guard_event_loop_lag_seconds ")]
+    assert len(lags) == 1 and lags[0] >= 0.0
 
 
 async def test_one_long_pause_is_not_overload(upstream: Upstream, make_guard: GuardFactory) -> None:

@@ -215,8 +215,8 @@ class ProxyHandler:
     """Callable given to aiohttp's low-level ``web.Server``; ``rt`` is swapped on reload."""
 
     __slots__ = (
-        "_in_flight", "_quiet_until", "_suppressed", "_time", "busy", "lag", "log", "rt", "shed", "upstream",
-        "websockets",
+        "_in_flight", "_quiet_until", "_suppressed", "_time", "busy", "full", "lag", "log", "queued_out", "rt",
+        "shed", "upstream", "websockets",
     )
 
     def __init__(self, rt: Settings, upstream: Upstream, request_log: RequestLog) -> None:
@@ -230,6 +230,8 @@ class ProxyHandler:
         self._suppressed = 0
         self.shed = 0  # requests answered 503 for waiting longer than limits.max_queue_time
         self.busy = 0  # requests answered 503 because the loop was late (limits.max_loop_lag)
+        self.full = 0  # requests answered 503: limits.max_pending_upstream were already waiting
+        self.queued_out = 0  # requests answered 503 after max_queue_time in line for an upstream connection
         self.lag = LoopLag(rt.max_loop_lag)
         self.websockets = websocket.WebSocketRelay(upstream, request_log)
 
@@ -362,6 +364,7 @@ class ProxyHandler:
     ) -> web.StreamResponse:
         if self._in_flight >= rt.max_in_flight:
             # limits.max_pending_upstream: queueing more would only add latency and memory
+            self.full += 1
             return self._page(request, rt, facts, decision, 503, t0)
         # RFC 9112 section 3.2.2: an absolute-form target's authority replaces Host
         out_headers = request_headers(request.headers, fwd, rt.host_override or target.host)
@@ -402,7 +405,7 @@ class ProxyHandler:
                     feed.stop()
                 if not isinstance(exc, TimeoutError):
                     raise
-                self.shed += 1
+                self.queued_out += 1
                 return self._unavailable(request, rt, proto, t0, OVERLOADED, facts)
         else:
             await slots.acquire()   # free: returns at once

@@ -134,6 +134,7 @@ class GuardServer:
         sock = await bind(config.listen, reuse_port=self._reuse_port)
         self._listener = Listener(web_server, sock, ssl_context, config.proxy_protocol, lag=handler.lag)
         await self._listener.start()
+        obs.follow_overload(self._overload)
         self.public_port = self._listener.port
         self._health = Health(store, fail_open=config.store.fail_open)
         app = make_app(self._health)
@@ -141,6 +142,20 @@ class GuardServer:
         self._admin = AdminServer(app, config.admin.listen, reuse_port=self._reuse_port)
         await self._admin.start()
         self.admin_port = self._admin.port
+
+    def _overload(self) -> tuple[dict[tuple[str, str], int], float]:
+        """What was refused to shed load since start, by (stage, reason), and the loop's lag peak."""
+        h, lsn = self._handler, self._listener
+        if h is None:
+            return {}, 0.0
+        totals = {
+            ("request", "queue_time"): h.shed, ("request", "loop_lag"): h.busy,
+            ("request", "pending_upstream"): h.full, ("upstream_queue", "queue_time"): h.queued_out,
+        }
+        if lsn is not None:
+            totals[("accept", "connections")] = lsn.refused_full
+            totals[("accept", "loop_lag")] = lsn.refused_busy
+        return totals, h.lag.take_peak()
 
     async def _reload_from_disk(self) -> None:
         """POST /api/reload: read the config file again; a ``SourceError`` becomes the API's 422."""

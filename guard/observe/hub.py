@@ -2,7 +2,8 @@
 
 Order inside the fanout is cheapest-first (metrics, live view, decision log,
 ledger, webhook); the fanout isolates an observer that raises.  ``start`` runs
-the flush timers and a small poll that keeps ``guard_bans_active`` right;
+the flush timers and a small poll that keeps the state gauges right (active bans,
+store keys, the attack flag, and the HTTP layer's shedding counts and loop lag);
 ``close`` flushes everything (call it after the listeners stopped, so the last
 requests' lines are written).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +28,9 @@ from guard.observe.share import LiveShare
 from guard.observe.webhook import AttackNotifier
 
 log = logging.getLogger("guard.observe")
+
+# () -> (refusals since start by (stage, reason), the loop's largest lag since the last call)
+OverloadProbe = Callable[[], tuple[Mapping[tuple[str, str], int], float]]
 
 TICK = 1.0         # seconds between looks at the engine's attack flag (a property: free)
 BANS_EVERY = 10    # ticks between refreshes of guard_bans_active from the store (a store read)
@@ -89,6 +94,7 @@ class Observability:
         self.fanout: Fanout = _Fanout(*observers)
         self._engine: Any = None
         self._poll: asyncio.Task[None] | None = None
+        self._overload: OverloadProbe | None = None
 
     @classmethod
     def from_config(
@@ -122,6 +128,10 @@ class Observability:
         if self._poll is None:
             self._poll = asyncio.get_running_loop().create_task(self._poll_engine(), name="observe-poll")
 
+    def follow_overload(self, probe: OverloadProbe) -> None:
+        """Read the HTTP layer's shedding counts and loop lag on every poll (``Metrics.overload``)."""
+        self._overload = probe
+
     async def _poll_engine(self) -> None:
         """Gauges that are state, not events: active bans, the rule set, the attack flag.
 
@@ -139,6 +149,11 @@ class Observability:
                 except Exception as exc:  # store down: keep the last value (store errors are counted apart)
                     log.debug("bans gauge not refreshed: %s", type(exc).__name__)
                 self.metrics.known_rules = frozenset(r.id for r in engine.rt.rules.rules)
+            if self._overload is not None:
+                self.metrics.overload(*self._overload())
+            size = getattr(engine.store, "__len__", None)
+            if size is not None:   # the memory store; Redis reports its own memory
+                self.metrics.set_store_keys(size())
             now_on = bool(engine.attack_in_progress)
             if now_on != bool(self.live.attack_state.get("active")):   # the engine is the source of truth
                 self.fanout.attack(now_on, 0.0, 0.0, 0.0)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,16 @@ class Metrics(NullObserver):
                                   registry=reg, multiprocess_mode="livemax")
         self.exposures = Counter("guard_exposures", "Valid passwords presented from flagged sources.",
                                  ["seen"], registry=reg)
+        self.refused = Counter("guard_overload_refused",
+                               "Requests and connections answered 503 to shed load, by stage and reason.",
+                               ["stage", "reason"], registry=reg)
+        self.loop_lag = Gauge("guard_event_loop_lag_seconds",
+                              "Largest event-loop lag seen in the last second (limits.max_loop_lag sheds).",
+                              registry=reg, multiprocess_mode="livemax")
+        self.store_keys = Gauge("guard_store_keys",
+                                "Keys held by the in-process memory store (store.max_keys caps it).",
+                                registry=reg, multiprocess_mode="livesum")
+        self._refused_seen: dict[tuple[str, str], int] = {}
         self.dropped = Counter("guard_observe_dropped",
                                "Records an observer had to drop (full disk, queue full).",
                                ["sink"], registry=reg)
@@ -205,6 +215,20 @@ class Metrics(NullObserver):
 
     def set_bans_active(self, n: int) -> None:
         self.bans_active.set(n)
+
+    def overload(self, totals: Mapping[tuple[str, str], int], lag: float) -> None:
+        """The HTTP layer's refusal counts since start (read once a second, never per request)
+        and its loop-lag peak: the counters get what was added since the last reading."""
+        seen = self._refused_seen
+        for key, n in totals.items():
+            before = seen.get(key, 0)
+            if n > before:
+                self.refused.labels(*key).inc(n - before)
+            seen[key] = n
+        self.loop_lag.set(lag)
+
+    def set_store_keys(self, n: int) -> None:
+        self.store_keys.set(n)
 
     def render(self) -> bytes:
         """The exposition text: merged over every worker's files in multiprocess mode."""
