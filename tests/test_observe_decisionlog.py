@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import io
 import json
@@ -94,6 +95,34 @@ async def test_request_path_does_not_write(tmp_path: Path) -> None:
     assert not (tmp_path / "d.log").exists()   # buffered: the timer writes, off the event loop
     await log.close()
     assert len(lines(tmp_path / "d.log")) == 1
+
+
+async def test_rows_are_encoded_as_they_come_a_slice_per_pass(tmp_path: Path) -> None:
+    """Started, the log encodes each row in a callback right behind its request, at most
+    ``ENCODE_SLICE`` rows per pass of the loop, so no flush has a burst of encoding to do
+    while requests wait (it used to be all of half a second's rows at once: +2.5 ms at the p99)."""
+    log = DecisionLog(DecisionLogSettings(path=tmp_path / "d.log", flush_interval=60))
+    log.start()
+    try:
+        log.request(event(ip="203.0.113.1"))
+        assert log._rows and not log._lines       # the request itself only appended a tuple
+        await asyncio.sleep(0)
+        assert not log._rows and len(log._lines) == 1
+        n = decisionlog.ENCODE_SLICE * 3 + 5
+        for i in range(n):
+            log.request(event(ip=f"198.51.100.{i % 250 + 1}", path=f"/p{i}"))
+        passes = 0
+        while log._rows:
+            before = len(log._rows)
+            await asyncio.sleep(0)
+            assert before - len(log._rows) <= decisionlog.ENCODE_SLICE
+            passes += 1
+        assert passes == 4 and len(log._lines) == n + 1
+        assert not (tmp_path / "d.log").exists()   # encoded, not written: the timer writes
+    finally:
+        await log.close()
+    written = lines(tmp_path / "d.log")
+    assert [w["path"] for w in written] == ["/", *(f"/p{i}" for i in range(n))]   # in order
 
 
 async def test_full_queue_drops_and_counts() -> None:
