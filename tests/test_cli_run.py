@@ -234,12 +234,15 @@ def test_settle_heap_freezes_what_start_up_built() -> None:
     """After start-up, full collections must not walk the rules, lists and modules again."""
     import gc
 
-    from guard.supervisor import settle_heap
+    from guard.supervisor import FULL_COLLECTION_EVERY, settle_heap
 
+    threshold = gc.get_threshold()
     try:
         settle_heap()
         frozen = gc.get_freeze_count()
         assert frozen > 10_000  # the imported guard, aiohttp and pydantic at least
         assert len(gc.get_objects(generation=2)) < frozen
+        assert gc.get_threshold() == (*threshold[:2], FULL_COLLECTION_EVERY)   # full collections rarer
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
