@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import io
 import json
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from guard.engine.decision import Action
+from guard.engine.decision import Action, Decision, Reason
 from guard.observe import decisionlog
 from guard.observe.decisionlog import DecisionLog, RotatingFile
+from guard.observe.events import RequestEvent
 from guard.observe.settings import DecisionLogSettings
 from tests.observe_fixtures import event
 
@@ -123,6 +125,38 @@ async def test_rows_are_encoded_as_they_come_a_slice_per_pass(tmp_path: Path) ->
         await log.close()
     written = lines(tmp_path / "d.log")
     assert [w["path"] for w in written] == ["/", *(f"/p{i}" for i in range(n))]   # in order
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this value")
+
+
+def _unencodable() -> RequestEvent:
+    bad = event(action=Action.BLOCK, rules=("odd",), status=403)
+    reason = Reason("odd", "a rule value with no text", 1.0, {"v": _Unprintable()})  # type: ignore[dict-item]
+    return dataclasses.replace(bad, decision=Decision(Action.BLOCK, (reason,), status=403))
+
+
+async def test_a_row_that_will_not_encode_is_dropped_and_the_log_goes_on(tmp_path: Path) -> None:
+    """On the loop's callback and in a flush alike: that row's batch is counted as dropped, the
+    rows after it are written (a row left at the head of the queue would stop the log for good)."""
+    dropped: list[int] = []
+    log = DecisionLog(DecisionLogSettings(path=tmp_path / "d.log", flush_interval=60), on_drop=dropped.append)
+    log.request(_unencodable())          # not started: the flush meets it
+    await log.flush()
+    assert dropped == [1] and not (tmp_path / "d.log").exists()
+    log.start()
+    try:
+        log.request(_unencodable())      # started: the callback behind the request meets it
+        await asyncio.sleep(0)
+        assert dropped == [1, 1]
+        for i in range(3):
+            log.request(event(path=f"/after{i}"))
+    finally:
+        await log.close()
+    assert [w["path"] for w in lines(tmp_path / "d.log")] == ["/after0", "/after1", "/after2"]
+    assert log.dropped == 2
 
 
 async def test_full_queue_drops_and_counts() -> None:

@@ -253,9 +253,7 @@ class DecisionLog(NullObserver):
     def request(self, event: RequestEvent) -> None:
         rows = self._rows
         if len(rows) + len(self._lines) >= self._cap:
-            self.dropped += 1
-            if self._on_drop is not None:
-                self._on_drop(1)
+            self._count_dropped(1)
             return
         req = event.req
         d = event.decision
@@ -272,12 +270,26 @@ class DecisionLog(NullObserver):
             self._loop.call_soon(self._encode_some)
 
     def _encode_some(self) -> None:
-        """Encode up to ``ENCODE_SLICE`` waiting rows; queue another pass if more are left.
+        """Encode a slice of the waiting rows (``_encode_batch``); queue another pass if more are left.
 
         Queued behind the request that added the row, so it runs once that response is on
         its way, and spreads the encoding over the loop's passes as requests come.  Encoding
         a whole flush's rows at once (half a second of traffic) made every request in flight
         wait behind each slice of it on every one of its awaits: +2.5 ms at the p99.
+        """
+        try:
+            self._encode_batch()
+        finally:
+            if self._rows and self._loop is not None:
+                self._loop.call_soon(self._encode_some)
+            else:
+                self._encoding = False
+
+    def _encode_batch(self) -> None:
+        """Move up to ``ENCODE_SLICE`` rows from the queue to the encoded lines.
+
+        The rows leave the queue before they are encoded: a row that will not encode (a rule
+        value JSON cannot write) costs its batch, counted as dropped, never the log itself.
         """
         rows = self._rows
         if len(rows) > ENCODE_SLICE:
@@ -287,11 +299,14 @@ class DecisionLog(NullObserver):
             batch, self._rows = rows, []
         try:
             self._lines.extend(self._encode(batch, []))
-        finally:
-            if self._rows and self._loop is not None:
-                self._loop.call_soon(self._encode_some)
-            else:
-                self._encoding = False
+        except Exception:
+            log.exception("decision log: %d row(s) could not be encoded and were dropped", len(batch))
+            self._count_dropped(len(batch))
+
+    def _count_dropped(self, n: int) -> None:
+        self.dropped += n
+        if self._on_drop is not None:
+            self._on_drop(n)
 
     def ban(self, subject: str, seconds: float, reason: str, removed: bool = False) -> None:
         if len(self._bans) < self._cap:
@@ -322,10 +337,7 @@ class DecisionLog(NullObserver):
             self.written += n_rows
         except (OSError, ValueError) as exc:
             # A full disk loses log lines, never requests.  Say so, at most once a minute.
-            n = n_rows + n_bans
-            self.dropped += n
-            if self._on_drop is not None:
-                self._on_drop(n)
+            self._count_dropped(n_rows + n_bans)
             now = time.monotonic()
             if now - self._last_error > 60:
                 self._last_error = now
@@ -346,8 +358,7 @@ class DecisionLog(NullObserver):
             self._writing = asyncio.Lock()
         async with self._writing:
             while self._rows:
-                self._lines.extend(self._encode(self._rows[:ENCODE_SLICE], []))
-                del self._rows[:ENCODE_SLICE]
+                self._encode_batch()
                 if self._rows:
                     await asyncio.sleep(0)
             lines, self._lines = self._lines, []
@@ -359,10 +370,10 @@ class DecisionLog(NullObserver):
             await asyncio.to_thread(self._write_lines, lines, n_rows, len(bans))
 
     def flush_sync(self) -> None:
-        rows, self._rows = self._rows, []
+        while self._rows:
+            self._encode_batch()
         lines, self._lines = self._lines, []
         bans, self._bans = self._bans, []
-        lines.extend(self._encode(rows, []))
         n_rows = len(lines)
         lines.extend(self._encode([], bans))
         self._write_lines(lines, n_rows, len(bans))
