@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 
 from guard.pii.encoding import BodyTransform, DecodeError, parse_content_encoding
 from guard.pii.policy import default_policy
-from guard.pii.response import header_changes, is_rewritable, media_type
+from guard.pii.response import header_changes, html_body, is_rewritable, media_type
 from guard.pii.rewriter import HTMLRewriter
 from tests.test_pii_support import Vault
 
@@ -123,3 +123,12 @@ def test_header_changes_with_tokens_and_identity() -> None:
     changes.apply(headers)
     assert "Content-Encoding" not in headers and "ETag" not in headers and "Last-Modified" not in headers
     assert headers["Cache-Control"] == "private, max-age=60"
+
+
+def test_html_body_hands_back_what_it_parsed() -> None:
+    """The proxy asks this of every HTML response: the codings and charset come back with the answer."""
+    assert html_body("GET", 200, 'text/html; charset="Shift_JIS"', ["gzip"]) == (("gzip",), "Shift_JIS")
+    assert html_body("GET", 400, "application/xhtml+xml", []) == ((), None)
+    assert html_body("HEAD", 200, "text/html", []) is None
+    assert html_body("GET", 200, "text/html", ["zstd-unknown"]) is None
+    assert html_body("GET", 200, "text/plain", []) is None

@@ -34,7 +34,7 @@ from guard.pii.forms import find_tokens, find_tokens_query, swap_back, swap_back
 from guard.pii.json import rewrite_json
 from guard.pii.policy import Mode
 from guard.pii.report import Report, Skip
-from guard.pii.response import HeaderChanges, header_changes, is_rewritable, media_type
+from guard.pii.response import HeaderChanges, header_changes, html_body, media_type
 from guard.pii.rewriter import HTMLRewriter
 from guard.pii.settings import PIIConfig, glob_matcher
 from guard.pii.vault import (
@@ -129,21 +129,22 @@ class PIIRuntime:
             return None
         lowered = content_type.lower()
         if "html" in lowered:
-            if not is_rewritable(method, status, content_type, encodings):
+            body = html_body(method, status, content_type, encodings)
+            if body is None:
                 self._unsupported_encoding(method, path, encodings)
                 return None
-            kind = Kind.DETECT if self.observe_only else Kind.HTML
-        elif self.json and "json" in lowered and _json_rewritable(method, status, content_type):
-            kind = Kind.JSON
-        else:
+            if not self._wanted(path):
+                return None
+            return Plan(Kind.DETECT if self.observe_only else Kind.HTML, *body)
+        if not (self.json and "json" in lowered and _json_rewritable(method, status, content_type)):
             return None
         if not self._wanted(path):
             return None
         codings = parse_content_encoding(encodings)
-        if codings is None:   # JSON only: an HTML body with an unknown coding was refused above
+        if codings is None:
             self.skip(path, Skip.UNSUPPORTED_ENCODING)
             return None
-        return Plan(kind, codings, media_type(content_type)[1])
+        return Plan(Kind.JSON, codings, media_type(content_type)[1])
 
     def page(self, cookie_headers: Iterable[str], secure: bool) -> tuple[PageTokens | None, str | None]:
         """The tokens this response may issue, and the vault cookie to set if it does (None: it has one)."""

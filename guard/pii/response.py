@@ -48,18 +48,31 @@ def media_type(content_type: str | None) -> tuple[str, str | None]:
 def is_rewritable(
     method: str, status: int, content_type: str | None, content_encoding: Iterable[str]
 ) -> bool:
-    """Whether an HTML rewriter should see this response's body.
+    """Whether an HTML rewriter should see this response's body (``html_body`` says how).
 
     Error pages count (a 400 often re-shows the form with its hidden fields);
     HEAD, 1xx, 204, 205, 206 and 304 have no body to rewrite, and a
     Content-Encoding the guard cannot decode leaves the body alone (report it as
     ``unsupported-encoding``).
     """
+    return html_body(method, status, content_type, content_encoding) is not None
+
+
+def html_body(
+    method: str, status: int, content_type: str | None, content_encoding: Iterable[str]
+) -> tuple[tuple[str, ...], str | None] | None:
+    """``(codings, charset)`` of an HTML body a rewriter should see, or None (``is_rewritable``).
+
+    The parsed parts come back so that the proxy, which asks this of every HTML
+    response, parses the Content-Type and Content-Encoding once.
+    """
     if method.upper() == "HEAD" or status < 200 or status in _NO_BODY_CHANGE:
-        return False
-    if media_type(content_type)[0] not in HTML_TYPES:
-        return False
-    return parse_content_encoding(content_encoding) is not None
+        return None
+    mtype, charset = media_type(content_type)
+    if mtype not in HTML_TYPES:
+        return None
+    codings = parse_content_encoding(content_encoding)
+    return None if codings is None else (codings, charset)
 
 
 @dataclass(frozen=True, slots=True)
