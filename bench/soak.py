@@ -180,7 +180,8 @@ def healthz(admin_port: int) -> float | None:
 
 
 def scrape(admin_port: int, token: str) -> dict[str, float]:
-    """The guard's own counters from /metrics: requests by action and status class, bans."""
+    """The guard's own counters from /metrics: requests by action and status class, bans, store
+    errors, load shed by stage and reason, and the memory store's keys (what its RSS holds)."""
     req = urllib.request.Request(
         f"http://127.0.0.1:{admin_port}/metrics", headers={"Authorization": f"Bearer {token}"}
     )
@@ -191,7 +192,8 @@ def scrape(admin_port: int, token: str) -> dict[str, float]:
     except OSError as exc:
         return {"error": str(exc)}  # type: ignore[dict-item]
     for line in text.splitlines():
-        if line.startswith(("guard_requests_total{", "guard_bans_total{", "guard_store_errors_total")):
+        if line.startswith(("guard_requests_total{", "guard_bans_total{", "guard_store_errors_total",
+                            "guard_overload_refused_total{", "guard_store_keys ")):
             name, _, value = line.rpartition(" ")
             with contextlib.suppress(ValueError):
                 out[name] = float(value)
