@@ -295,6 +295,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1000,
         help="the guard's limits.max_connections, below --overload-connections so that it sheds (1000; 0: shipped)",
     )
+    p.add_argument(
+        "--store-max-keys",
+        type=int,
+        default=0,
+        help="the memory store's store.max_keys (0: shipped, 1,000,000): a lower cap shows memory level off",
+    )
     p.add_argument("--population", type=int, default=20_000, help="returning accounts of the good logins")
     p.add_argument("--mix", default=MIX_LEGIT, help=f"blend for capacity and overload ({MIX_LEGIT})")
     p.add_argument("--soak-mix", default=MIX_SOAK, help=f"blend of the soak ({MIX_SOAK})")
@@ -330,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             "overload_connections": args.overload_connections,
             "guard_max_connections": args.guard_max_connections or "shipped",
             "store": args.store,
+            "store_max_keys": args.store_max_keys or "shipped",
             "workers": args.workers,
             "mix_legit": args.mix,
             "mix_soak": args.soak_mix,
@@ -393,9 +400,13 @@ def start(
     extra: dict[str, Any] = {"admin": {"token": token}}
     if args.guard_max_connections:
         extra["limits"] = {"max_connections": args.guard_max_connections}
+    if args.store_max_keys:
+        extra["store"] = {"max_keys": args.store_max_keys}
     cfg, notes = R.write_guard_config(
         None, tmp, port, admin, up_port, store=args.store, redis_url=redis_url, extra=extra
     )
+    if args.store_max_keys:
+        notes.append(f"store.max_keys: {args.store_max_keys} (shipped: 1,000,000)")
     if args.guard_max_connections:
         notes.append(
             f"limits.max_connections: {args.guard_max_connections} (below the {args.overload_connections} "
