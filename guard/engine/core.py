@@ -121,7 +121,7 @@ class Engine:
         self._store_ok = True
         self._attack_until = 0.0
         self._plan: tuple[Runtime, tuple[tuple[CounterSpec, str, str, str, Any], ...]] | None = None
-        self._shared_seen: tuple[Any, tuple[float | None, float | None]] = (None, (None, None))
+        self._shared_seen: tuple[Any, tuple[float | None, float | None]] = (None, _parse_shared(None))
         self.attack_log = AttackLog(log)
         self._fetcher: Any = None
         self.observer: Observer = NullObserver()
@@ -209,7 +209,6 @@ class Engine:
 
     def response_peek(self, login_id: str) -> int:
         """How many bytes of a login response body the outcome classifier needs (0: none)."""
-
         ep = self.rt.logins.endpoints.get(login_id)
         return BODY_PEEK if ep is not None and needs_body(ep.outcome) else 0
 
@@ -249,7 +248,6 @@ class Engine:
 
     async def on_login(self, req: RequestFacts) -> Decision:
         """The login body is buffered in ``req.body``: one store batch, then the login rules."""
-
         rt = self.rt
         state: LoginState | None = req.scratch
         if state is None:
@@ -325,7 +323,6 @@ class Engine:
         ``seen`` says whether the upstream's answer reaches the client (False when the guard
         holds it behind a second factor): the exposure ledger records which.
         """
-
         state: LoginState | None = req.scratch
         if state is None:
             return "unknown"
@@ -470,7 +467,6 @@ class Engine:
 
     async def set_forced_reset(self, logins: list[str], on: bool = True) -> int:
         """Put accounts on (or take them off) the forced-reset list; returns how many."""
-
         norm = self.rt.normalizer or Normalizer(self.config.usernames, None)
         ops: list[Op] = []
         for login in logins:
@@ -655,7 +651,7 @@ class Engine:
         The last entry parsed is remembered: during an attack every login reads the same value,
         and parsing its JSON each time was a tenth of a decision's CPU."""
         seen, parsed = self._shared_seen
-        if value is None or value != seen:
+        if value != seen:
             parsed = _parse_shared(value)
             self._shared_seen = (value, parsed)
         since, until = parsed

@@ -361,22 +361,22 @@ class DecisionLog(NullObserver):
                 self._encode_batch()
                 if self._rows:
                     await asyncio.sleep(0)
-            lines, self._lines = self._lines, []
-            bans, self._bans = self._bans, []
-            if not lines and not bans:
-                return
-            n_rows = len(lines)
-            lines.extend(self._encode([], bans))
-            await asyncio.to_thread(self._write_lines, lines, n_rows, len(bans))
+            lines, n_rows, n_bans = self._take_encoded()
+            if lines:
+                await asyncio.to_thread(self._write_lines, lines, n_rows, n_bans)
 
     def flush_sync(self) -> None:
         while self._rows:
             self._encode_batch()
+        self._write_lines(*self._take_encoded())
+
+    def _take_encoded(self) -> tuple[list[bytes], int, int]:
+        """The encoded rows and the bans after them, for one write, and how many of each."""
         lines, self._lines = self._lines, []
         bans, self._bans = self._bans, []
         n_rows = len(lines)
         lines.extend(self._encode([], bans))
-        self._write_lines(lines, n_rows, len(bans))
+        return lines, n_rows, len(bans)
 
     async def _run(self) -> None:
         while True:
