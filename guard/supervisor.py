@@ -52,15 +52,14 @@ def settle_heap() -> None:
     freed by reference counting; the collection here takes whatever cycles they formed
     (``gc.unfreeze`` first, so the previous freeze is collected too).
 
-    What traffic builds is not frozen, and part of it is walked by every full collection
-    however little changes: the memory store's distinct-count dicts hold a dict per key,
-    so CPython tracks them, and a full collection visits every entry.  Measured in
-    ``bench/soak.py`` (4 minutes with credential stuffing, about 120,000 keys): a full
-    collection every 5 s, 17 ms at the median and 35 ms at worst, growing with the store,
-    and the soak's p99 per minute growing with it.  With ``FULL_COLLECTION_EVERY`` middle
-    collections between two full ones, a full collection comes about every 45 s at that
-    load: the same pause, ten times rarer, so it stays out of the p99.  Cyclic garbage that
-    lived long enough to reach the oldest generation waits that much longer to be freed.
+    What traffic builds is not frozen.  The memory store keeps its state in tables that
+    CPython does not track (``guard.store.memory``), so a full store adds nothing to a full
+    collection; before that layout it added 17-35 ms at 120,000 keys (``bench/soak.py``).
+    What a full collection still reads is what requests leave behind and the bounded caches
+    (parsed addresses and subnets: about 1.5 ms when all three are full).  With
+    ``FULL_COLLECTION_EVERY`` middle collections between two full ones, a full collection
+    comes about every 45 s at soak load instead of every 5 s.  Cyclic garbage that lived
+    long enough to reach the oldest generation waits that much longer to be freed.
     """
     gc.unfreeze()
     gc.collect()

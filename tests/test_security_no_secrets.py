@@ -261,7 +261,7 @@ async def admin_texts(port: int) -> dict[str, str]:
 def memory_dump(store: MemoryStore) -> list[str]:
     """Every key, value and distinct-set member the memory store holds, and its ban table."""
     out: list[str] = []
-    for key in store._keys:  # the point is to look inside
+    for key in store._place:  # the point is to look inside
         out.append(key)
         value = store._values.get(key)
         if isinstance(value, bytes | bytearray):
@@ -269,11 +269,12 @@ def memory_dump(store: MemoryStore) -> list[str]:
             out.append(bytes(value).decode("latin-1"))
         elif value is not None:
             out.append(str(value))
-        out.extend(store._seen_at.get(key, ()))
-    for members in store._seen_in.values():
-        out.extend(members)
-    for subject, ban in store._bans.items():
-        out.extend([subject, repr(ban)])
+    out.extend(store._seen_at)                  # "<set id>:<member>"
+    for log in store._seen_log.values():        # the members' records, raw
+        out.append(bytes(log).decode("utf-8", "replace"))
+        out.append(bytes(log).decode("latin-1"))
+    for subject, reason in store._ban_reason.items():
+        out.extend([subject, reason])
     return out
 
 

@@ -145,6 +145,19 @@ async def test_windows_that_are_not_whole_seconds(store: Store) -> None:
     assert await one(store, Count("fast", 1.0), t + 1.7) == 0
 
 
+async def test_a_clock_that_steps_back_forgets_the_slices_after_it(store: Store) -> None:
+    # An NTP step can move `now` back.  A hit then drops the slices after the new time,
+    # as if they had not happened yet, and counts the window that ends at it.
+    await one(store, Hit("k", W, 1), at(3))
+    assert await one(store, Hit("k", W, 10), at(5)) == 11
+    assert await one(store, Hit("k", W, 100), at(3) + 1) == 101
+    assert await one(store, Count("k", W), at(5)) == 101
+    assert await one(store, Hit("k", W, 1000), at(5) + 1) == 1101
+    # Back by more than a window: nothing after it is left.
+    assert await one(store, Hit("k", W, 7), at(-20)) == 7
+    assert await one(store, Count("k", W), at(5) + 2) == 0
+
+
 # ---- sliding distinct counts --------------------------------------------------------------------
 
 
@@ -173,6 +186,17 @@ async def test_a_member_seen_in_two_slices_counts_once_and_lives_with_the_later(
     assert await one(store, AddDistinct("u", W, "a"), at(1)) == 1
     assert await one(store, CountDistinct("u", W), at(10)) == 1
     assert await one(store, CountDistinct("u", W), at(11)) == 0
+
+
+async def test_a_distinct_set_on_a_clock_that_steps_back(store: Store) -> None:
+    await one(store, AddDistinct("u", W, "a"), at(2))
+    assert await one(store, AddDistinct("u", W, "b"), at(6)) == 2
+    # Back to a slice the set has not used: b's slice lies after it and is forgotten.
+    assert await one(store, AddDistinct("u", W, "c"), at(4)) == 2
+    assert await one(store, CountDistinct("u", W), at(6)) == 2
+    assert await one(store, AddDistinct("u", W, "b"), at(6) + 1) == 3
+    assert await one(store, CountDistinct("u", W), at(12)) == 2       # a left
+    assert await one(store, CountDistinct("u", W), at(16) + 1) == 0
 
 
 async def test_small_distinct_counts_are_exact(store: Store) -> None:

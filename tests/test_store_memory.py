@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from guard.store import SLICES, AddDistinct, Ban, Count, CountDistinct, Get, Hit, MemoryStore, Op, Put
+from guard.store import SLICES, AddDistinct, Ban, Count, CountDistinct, Delete, Get, Hit, MemoryStore, Op, Put
 
 W = 60.0
 T0 = 1_700_000_004.0
@@ -124,3 +124,33 @@ async def test_expired_bans_are_dropped_and_the_ban_table_is_bounded() -> None:
     assert "ip:499" not in subjects and "ip:500" in subjects and "ip:1499" in subjects   # oldest went first
     assert len(await store.bans(T0 + 10 + 1400)) == 99
     assert await store.unban("ip:1000", T0 + 10 + 1400) is False   # expired, dropped by the listing
+
+
+async def test_distinct_set_members_leave_with_their_key_and_their_slice() -> None:
+    # Every set's members share one flat table: evicting or deleting a key, or a slice
+    # leaving the window, must take the members out of it, or it would grow without bound.
+    store = MemoryStore(max_keys=100, max_members=10)
+    for b in range(100):
+        await store.execute([AddDistinct(f"user:{b}-{i}", W, f"198.51.100.{j}") for i in range(10) for j in range(3)],
+                            T0 + b * 0.01)
+    assert len(store) == 100
+    assert len(store._seen_at) == 300
+    assert sum(len(log) for log in store._seen_log.values()) < 100 * 3 * 30
+    await store.execute([Delete(f"user:99-{i}") for i in range(10)], T0 + 1)
+    assert len(store._seen_at) == 270
+    # One set used for an hour, a new member every second: members and log stay at a window's worth.
+    for t in range(3600):
+        got = await store.execute([AddDistinct("user:long", W, f"m{t % 90}")], T0 + 2 + t)
+    assert W - WIDTH < got[0] <= W    # the members of the last 9 slices and this one's so far
+    members = [m for m in store._seen_at if m.startswith(store._seen_id["user:long"])]
+    assert len(members) == got[0]
+    assert len(store._seen_log["user:long"]) < 70 * 20
+
+
+async def test_recency_tables_stay_the_size_of_the_keys() -> None:
+    store = MemoryStore(max_keys=50, max_members=10)
+    for i in range(10_000):
+        await store.execute([Hit(f"k{i % 80}", W), Get("hot"), Put("hot", b"v", 3600)], T0 + i * 0.001)
+    assert len(store) == 50
+    assert len(store._place) == len(store._at_place) == 50
+    assert store._at_place[max(store._at_place)] == "hot"
