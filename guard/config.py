@@ -89,7 +89,7 @@ class StoreConfig(_Model):
         0.5, gt=0, description="after a store failure, how long requests skip the store before retrying"
     )
     max_keys: int = Field(
-        1_000_000, ge=1000, description="memory backend: at most this many keys; least recently used go first"
+        1_000_000, ge=1000, description="memory backend: at most this many keys; keys not used lately go first"
     )
     max_members: int = Field(
         10_000, ge=10, description="memory backend: distinct-member sets stop growing at this size"

@@ -261,18 +261,19 @@ async def admin_texts(port: int) -> dict[str, str]:
 def memory_dump(store: MemoryStore) -> list[str]:
     """Every key, value and distinct-set member the memory store holds, and its ban table."""
     out: list[str] = []
-    for key in store._place:  # the point is to look inside
-        out.append(key)
-        value = store._values.get(key)
-        if isinstance(value, bytes | bytearray):
-            out.append(bytes(value).decode("utf-8", "replace"))
-            out.append(bytes(value).decode("latin-1"))
-        elif value is not None:
-            out.append(str(value))
-    out.extend(store._seen_at)                  # "<set id>:<member>"
-    for log in store._seen_log.values():        # the members' records, raw
-        out.append(bytes(log).decode("utf-8", "replace"))
-        out.append(bytes(log).decode("latin-1"))
+    for part in store._parts:  # the point is to look inside
+        for key in part._place:
+            out.append(key)
+            value = part._values.get(key)
+            if isinstance(value, bytes | bytearray):
+                out.append(bytes(value).decode("utf-8", "replace"))
+                out.append(bytes(value).decode("latin-1"))
+            elif value is not None:
+                out.append(str(value))
+        out.extend(part._seen_at)                  # "<set id>:<member>"
+        for log in part._seen_log.values():        # the members' records, raw
+            out.append(bytes(log).decode("utf-8", "replace"))
+            out.append(bytes(log).decode("latin-1"))
     for subject, reason in store._ban_reason.items():
         out.extend([subject, reason])
     return out

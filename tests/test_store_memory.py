@@ -17,8 +17,8 @@ WIDTH = W / SLICES
 
 
 def filed(store: MemoryStore) -> int:
-    """Entries filed in the expiry wheel: it must never outgrow the keys."""
-    return sum(len(s) for s in store._wheel.values())
+    """Entries filed in the expiry wheels: they must never outgrow the keys."""
+    return sum(len(s) for part in store._parts for s in part._wheel.values())
 
 
 async def test_lru_bound_holds_under_200k_rotating_keys() -> None:
@@ -134,23 +134,65 @@ async def test_distinct_set_members_leave_with_their_key_and_their_slice() -> No
         await store.execute([AddDistinct(f"user:{b}-{i}", W, f"198.51.100.{j}") for i in range(10) for j in range(3)],
                             T0 + b * 0.01)
     assert len(store) == 100
-    assert len(store._seen_at) == 300
-    assert sum(len(log) for log in store._seen_log.values()) < 100 * 3 * 30
+    assert len(store._parts[0]._seen_at) == 300
+    assert sum(len(log) for log in store._parts[0]._seen_log.values()) < 100 * 3 * 30
     await store.execute([Delete(f"user:99-{i}") for i in range(10)], T0 + 1)
-    assert len(store._seen_at) == 270
+    assert len(store._parts[0]._seen_at) == 270
     # One set used for an hour, a new member every second: members and log stay at a window's worth.
     for t in range(3600):
         got = await store.execute([AddDistinct("user:long", W, f"m{t % 90}")], T0 + 2 + t)
     assert W - WIDTH < got[0] <= W    # the members of the last 9 slices and this one's so far
-    members = [m for m in store._seen_at if m.startswith(store._seen_id["user:long"])]
+    members = [m for m in store._parts[0]._seen_at if m.startswith(store._parts[0]._seen_id["user:long"])]
     assert len(members) == got[0]
-    assert len(store._seen_log["user:long"]) < 70 * 20
+    assert len(store._parts[0]._seen_log["user:long"]) < 70 * 20
 
 
 async def test_recency_tables_stay_the_size_of_the_keys() -> None:
     store = MemoryStore(max_keys=50, max_members=10)
     for i in range(10_000):
-        await store.execute([Hit(f"k{i % 80}", W), Get("hot"), Put("hot", b"v", 3600)], T0 + i * 0.001)
+        got = await store.execute([Hit(f"k{i % 80}", W), Get("hot"), Put("hot", b"v", 3600)], T0 + i * 0.001)
+        assert i == 0 or got[1] == b"v"     # used on every request: never the one evicted
     assert len(store) == 50
-    assert len(store._place) == len(store._at_place) == 50
-    assert store._at_place[max(store._at_place)] == "hot"
+    assert len(store._parts[0]._place) == len(store._parts[0]._at_place) == 50
+
+
+async def test_an_eviction_gives_a_bounded_number_of_second_chances() -> None:
+    # Keys used since they were queued go back to the tail instead of out; when every key was
+    # used, one eviction still examines only a few of them, never the whole queue.
+    store = MemoryStore(max_keys=1000, max_members=10)
+    await store.execute([Put(f"k{i}", b"v", 3600) for i in range(1000)], T0)
+    await store.execute([Get(f"k{i}") for i in range(1000)], T0 + 1)
+    await store.execute([Put("new", b"v", 3600)], T0 + 2)
+    held = await store.execute([Get(f"k{i}") for i in range(1000)], T0 + 3)
+    gone = [i for i, v in enumerate(held) if v is None]
+    assert len(gone) == 1 and gone[0] <= 16
+    # Not used since: the head goes first.
+    store = MemoryStore(max_keys=3, max_members=10)
+    await store.execute([Put(k, b"v", 3600) for k in "abc"], T0)
+    await store.execute([Get("a"), Put("d", b"v", 3600)], T0 + 1)
+    assert await store.execute([Get(k) for k in "abcd"], T0 + 2) == [b"v", None, b"v", b"v"]
+
+
+async def test_eviction_finds_the_head_past_a_long_run_of_deleted_keys() -> None:
+    store = MemoryStore(max_keys=100, max_members=10)
+    await store.execute([Put(f"k{i}", b"v", 3600) for i in range(100)], T0)
+    await store.execute([Delete(f"k{i}") for i in range(90)], T0)
+    await store.execute([Put(f"x{i}", b"v", 3600) for i in range(90)], T0)
+    await store.execute([Put("y", b"v", 3600)], T0)
+    held = await store.execute([Get(f"k{i}") for i in range(90, 100)] + [Get("x0"), Get("y")], T0)
+    assert held == [None] + [b"v"] * 11
+    assert len(store) == 100
+
+
+async def test_a_large_store_is_partitioned_and_keeps_its_bounds() -> None:
+    # A million keys are 32 partitions: no table is rebuilt at more than 1/32 of the keys.
+    assert len(MemoryStore(max_keys=1_000_000)._parts) == 32
+    assert len(MemoryStore(max_keys=30_000)._parts) == 1
+    store = MemoryStore(max_keys=100_000, max_members=10)
+    assert len(store._parts) == 4
+    for b in range(300):
+        await store.execute([Hit(f"login:ip:{b}.{i}", W) for i in range(1000)] + [Hit("hot", W)], T0 + b * 0.01)
+    assert 99_000 < len(store) <= 100_000
+    assert await store.execute([Count("hot", W)], T0 + 3) == [300]
+    assert store.sweep(T0 + W + 10) > 99_000
+    assert len(store) == 0 and filed(store) == 0
