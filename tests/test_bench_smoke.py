@@ -335,3 +335,18 @@ def test_listening_sockets_counts_each_reuseport_listener() -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def test_bench_store_reports_a_full_store(tmp_path: Path) -> None:
+    # A subprocess: the harness freezes the heap and sets the worker's collector thresholds.
+    out = tmp_path / "store.json"
+    subprocess.run(
+        [sys.executable, str(BENCH / "bench_store.py"), "--batches", "3000", "--max-keys", "2000",
+         "--json", str(out)],
+        check=True, capture_output=True, timeout=120,
+    )
+    got = json.loads(out.read_text())
+    assert got["keys"] == 2000          # far more keys were made: the cap held, by eviction
+    assert got["batches"] == 3000 and got["mean_us_per_batch"] > 0
+    assert got["stalls"] == len(got["stall_list"]) or got["stalls"] > 50
+    assert got["full_collection_ms"] >= 0 and got["peak_rss_mb"] > 0

@@ -118,6 +118,7 @@ def _moved(v: tuple[int, ...], cur: int) -> list[int]:
 
 def _ring_add(ring: bytearray, cur: int, amount: int) -> int:
     """Add ``amount`` to slice ``cur``; the window's total after adding."""
+    total: int
     top, total, newest = _HEAD.unpack_from(ring)
     if cur == top:
         total += amount
@@ -132,7 +133,7 @@ def _ring_add(ring: bytearray, cur: int, amount: int) -> int:
 
 def _ring_sum(ring: bytearray, cur: int) -> int:
     """The total of the window that ends at slice ``cur``; the ring is not changed."""
-    v = _RING.unpack_from(ring)
+    v: tuple[int, ...] = _RING.unpack_from(ring)
     d = cur - v[0]
     if d == 0:
         return v[1]
@@ -369,6 +370,7 @@ class _Partition:
         at = self._seen_at
         ck = prefix + member
         was = at.get(ck)
+        total: int
         top, total, newest = _HEAD.unpack_from(ring)
         if cur == top:
             if was == cur or newest >= self.max_members:
@@ -570,7 +572,7 @@ class MemoryStore:
         out: list[Any] = []
         append = out.append
         for op in ops:
-            if type(op) is GetBans:
+            if isinstance(op, GetBans):
                 until = self._ban_until
                 append([self._ban(s, u) if (u := until.get(s)) is not None and u > now else None
                         for s in op.subjects])
