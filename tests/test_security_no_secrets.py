@@ -271,7 +271,8 @@ def memory_dump(store: MemoryStore) -> list[str]:
             elif value is not None:
                 out.append(str(value))
         out.extend(part._seen_at)                  # "<set id>:<member>"
-        for log in part._seen_log.values():        # the members' records, raw
+        logs = list(part._seen_log.values()) + [log for _, log in part._graves]
+        for log in logs:                           # the members' records, raw
             out.append(bytes(log).decode("utf-8", "replace"))
             out.append(bytes(log).decode("latin-1"))
     for subject, reason in store._ban_reason.items():

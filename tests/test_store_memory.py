@@ -196,3 +196,23 @@ async def test_a_large_store_is_partitioned_and_keeps_its_bounds() -> None:
     assert await store.execute([Count("hot", W)], T0 + 3) == [300]
     assert store.sweep(T0 + W + 10) > 99_000
     assert len(store) == 0 and filed(store) == 0
+
+
+async def test_dropping_a_huge_distinct_set_is_spread_over_later_calls() -> None:
+    # One set with 100,000 members: deleting it must not forget them all in one call (30 ms),
+    # yet they are all forgotten soon after, and the key starts afresh at once.
+    store = MemoryStore(max_keys=1000, max_members=10_000)
+    for s in range(SLICES):
+        await store.execute([AddDistinct("ip:h", W, f"user{s}-{i}") for i in range(10_000)], T0 + s * WIDTH)
+    part = store._parts[0]
+    assert len(part._seen_at) == 100_000
+    now = T0 + (SLICES - 1) * WIDTH + 1
+    assert await store.execute([Delete("ip:h")], now) == [True]
+    assert 100_000 - len(part._seen_at) <= 256
+    assert await store.execute([AddDistinct("ip:h", W, "user0-0"), CountDistinct("ip:h", W)], now) == [1, 1]
+    calls = 0
+    while part._graves:
+        await store.execute([Get("other")], now)
+        calls += 1
+    assert len(part._seen_at) == 1
+    assert 100_000 / 512 - 3 <= calls <= 100_000 / 256 + 2   # one or two sweeps of 256 per call

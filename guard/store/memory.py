@@ -33,7 +33,8 @@ the collector sees:
 - a distinct set is a ring of per-slice member counts, one flat dict
   ``"<set id>:<member>" -> slice`` for every set, and a per-set ``bytearray``
   log of (slice, member) records, oldest first, that expiry and ``Delete``
-  replay to find the members to forget;
+  replay to find the members to forget (a large set's, a few hundred per
+  sweep, so dropping one never stalls a request);
 - a ban is three dict entries (until, reason, created), not a ``Ban`` object.
 
 Measured with ``bench/bench_store.py`` (about 800,000 keys): a full
@@ -81,6 +82,10 @@ _SWEEP_BUDGET = 64
 # Keys used lately that one eviction may send back to the tail of the queue before it
 # evicts one regardless.
 _SECOND_CHANCES = 16
+# A dropped distinct set whose record log is longer than this (bytes) has its members
+# forgotten a few hundred per sweep, not at once: a set of 100,000 members took 30 ms.
+_SMALL_LOG = 4096
+_BURY_BUDGET = 256
 # A store is cut into one partition per this many keys of ``max_keys`` (a power of two of
 # them), at most MAX_PARTITIONS: 32 partitions of 31,250 keys for the default million.
 PARTITION_KEYS = 16_384
@@ -146,9 +151,9 @@ def _ring_sum(ring: bytearray, cur: int) -> int:
     return sum(v[2 - d:]) if -d < SLICES else 0   # earlier: the newest -d slices are after it
 
 
-def _records(log: bytearray, start: int = 0, stop: int | None = None) -> Any:
-    """(offset after, slice, member) of each record of a distinct set's log."""
-    end = len(log) if stop is None else stop
+def _records(log: bytearray, start: int = 0) -> Any:
+    """(offset after, slice, member) of each record of a distinct set's log, from ``start``."""
+    end = len(log)
     off = start
     while off < end:
         s, size = _REC.unpack_from(log, off)
@@ -183,6 +188,10 @@ class _Partition:
         self._seen_log: dict[str, bytearray] = {}     # key -> its (slice, member) records, oldest first
         self._seen_at: dict[str, int] = {}            # "<set id>:<member>" -> the slice it is counted in
         self._sets_made = 0
+        # Dropped sets whose members are still in ``_seen_at`` (set ids are never reused, so
+        # nothing finds them there), and how far into the first one's log the forgetting is.
+        self._graves: list[tuple[str, bytearray]] = []
+        self._grave_at = 0
         self._wheel: dict[int, dict[str, None]] = {}        # bucket -> keys filed under it
         self._ticks: list[int] = []          # heap of the wheel's buckets
         self.next_due = math.inf             # earliest `now` at which a bucket is due
@@ -198,6 +207,8 @@ class _Partition:
         ``execute`` calls this with a small budget whenever a bucket is due;
         call it without a budget to reclaim everything due at once.
         """
+        if self._graves:
+            self._bury(_BURY_BUDGET if budget is not None else None)
         left = math.inf if budget is None else budget
         removed = 0
         ticks, wheel, due = self._ticks, self._wheel, self._due
@@ -222,7 +233,29 @@ class _Partition:
                 heapq.heappop(ticks)
                 del wheel[bucket]
         self.next_due = (ticks[0] + 1) * _TICK if ticks else math.inf
+        if self._graves:
+            self.next_due = -math.inf   # the next operation here buries some more
         return removed
+
+    def _bury(self, budget: int | None) -> None:
+        """Forget up to ``budget`` members of dropped sets (all of them with None)."""
+        at = self._seen_at
+        graves = self._graves
+        left = math.inf if budget is None else budget
+        while graves and left > 0:
+            prefix, log = graves[0]
+            off = self._grave_at
+            for end, _, member in _records(log, off):
+                at.pop(prefix + member, None)
+                off = end
+                left -= 1
+                if left <= 0:
+                    break
+            if off < len(log):
+                self._grave_at = off
+            else:
+                del graves[0]
+                self._grave_at = 0
 
     def _file(self, key: str, until: float) -> None:
         bucket = math.floor(until / _TICK)
@@ -297,9 +330,14 @@ class _Partition:
         self._hits.pop(key, None)
         if self._seen_n.pop(key, None) is not None:
             prefix = self._seen_id.pop(key)
-            at = self._seen_at
-            for _, _, member in _records(self._seen_log.pop(key)):
-                at.pop(prefix + member, None)
+            log = self._seen_log.pop(key)
+            if len(log) > _SMALL_LOG:
+                self._graves.append((prefix, log))
+                self.next_due = -math.inf
+            else:
+                at = self._seen_at
+                for _, _, member in _records(log):
+                    at.pop(prefix + member, None)
         bucket = self._due.pop(key, None)
         if bucket is not None:
             filed = self._wheel.get(bucket)
