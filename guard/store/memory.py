@@ -9,7 +9,7 @@ per counter.  Expiry follows the ``now`` the engine passes in, never the wall
 clock, so the virtual clock of tests and ``guard test`` drives it too.
 
 The parts of a key (its value, counter and distinct set) are held in a few
-parallel dicts keyed by the key, so the LRU bound counts logical keys and
+parallel dicts keyed by the key, so the ``max_keys`` bound counts logical keys and
 ``Delete`` clears them all.  Expired keys are reclaimed by a timing wheel:
 each key is filed under the second it may die; the buckets that come due are
 examined a few dozen keys per call, so reclaiming never stalls a request the
@@ -53,7 +53,7 @@ import heapq
 import math
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from guard.store.base import (
@@ -151,7 +151,7 @@ def _ring_sum(ring: bytearray, cur: int) -> int:
     return sum(v[2 - d:]) if -d < SLICES else 0   # earlier: the newest -d slices are after it
 
 
-def _records(log: bytearray, start: int = 0) -> Any:
+def _records(log: bytearray, start: int = 0) -> Iterator[tuple[int, int, str]]:
     """(offset after, slice, member) of each record of a distinct set's log, from ``start``."""
     end = len(log)
     off = start
