@@ -151,6 +151,12 @@ def _ring_sum(ring: bytearray, cur: int) -> int:
     return sum(v[2 - d:]) if -d < SLICES else 0   # earlier: the newest -d slices are after it
 
 
+def _record(cur: int, member: str) -> bytes:
+    """One record of a distinct set's log: ``member`` counted in slice ``cur``."""
+    encoded = member.encode()
+    return _REC.pack(cur, len(encoded)) + encoded
+
+
 def _records(log: bytearray, start: int = 0) -> Iterator[tuple[int, int, str]]:
     """(offset after, slice, member) of each record of a distinct set's log, from ``start``."""
     end = len(log)
@@ -405,8 +411,7 @@ class _Partition:
             self._sets_made += 1
             self._seen_n[key] = _ring(cur, 1)
             self._seen_at[prefix + member] = cur
-            encoded = member.encode()
-            self._seen_log[key] = bytearray(_REC.pack(cur, len(encoded)) + encoded)
+            self._seen_log[key] = bytearray(_record(cur, member))
             return 1
         prefix = self._seen_id[key]
         at = self._seen_at
@@ -440,10 +445,7 @@ class _Partition:
             if not added:
                 return total
         at[ck] = cur
-        encoded = member.encode()
-        log = self._seen_log[key]
-        log += _REC.pack(cur, len(encoded))
-        log += encoded
+        self._seen_log[key] += _record(cur, member)
         return total
 
     def _forget_outside(self, prefix: str, log: bytearray, top: int, cur: int) -> bool:
