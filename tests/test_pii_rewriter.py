@@ -417,3 +417,9 @@ def test_each_policy_gets_its_own_patterns_when_they_are_reused() -> None:
     for _ in range(2):   # the second round reads the cached patterns
         assert rewrite(hidden_only, page)[0] == page   # the e-mail is in a text input: out of scope
         assert b"taro@example.jp" not in rewrite(every_input, page)[0]
+
+
+def test_eof_inside_a_tag_the_policy_cannot_change_is_not_reported() -> None:
+    out, rw = rewrite(default_policy(), b'<p>x</p><a href="/next')
+    assert out == b'<p>x</p><a href="/next'
+    assert rw.report.skipped[Skip.EOF_IN_TAG] == 0

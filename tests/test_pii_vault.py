@@ -261,3 +261,26 @@ async def test_two_vaults_share_tokens_through_redis(redis_store: RedisStore, re
         assert (await Vault(SECRET, other, clock).fetch([token], browser)).records[token] is Verdict.UNKNOWN
     finally:
         await other.close()
+
+
+async def test_a_browser_without_the_cookie_gets_an_id_only_when_a_token_needs_one(vault: Vault) -> None:
+    page = vault.page(None, 3600, 100)
+    assert page.fresh and page.issued == 0
+    assert page._browser is None          # a page that issues no token draws no random id
+    token = page.tokenize("phone", PHONE, hidden("phone"))
+    await page.flush()
+    browser = page.browser
+    assert valid_browser_id(browser)
+    assert page.cookie == set_cookie(browser, False)   # the cookie carries the id the token is sealed for
+    lookup = await vault.fetch([token], browser)
+    assert lookup.resolve(token, "phone") == PHONE
+    assert (await vault.fetch([token], new_browser_id())).resolve(token, "phone") is None
+
+
+def test_the_fresh_cookie_follows_the_scheme_and_a_known_browser_gets_none(vault: Vault) -> None:
+    page = vault.page(None, 3600, 100, secure=True)
+    cookie = page.cookie
+    assert cookie is not None and cookie.startswith(SECURE_COOKIE + "=") and cookie.endswith("; Secure")
+    assert cookie == page.cookie          # the id is drawn once
+    known = vault.page(new_browser_id(), 3600, 100)
+    assert not known.fresh and known.cookie is None

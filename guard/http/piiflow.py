@@ -89,11 +89,11 @@ class PIIFlow(PIIRuntime):
             return None
         if plan.kind is Kind.DETECT:
             return HTMLDetect(self, facts.path, up, resp, plan)
-        page, cookie = self.page(request.headers.getall("Cookie", []), facts.scheme == "https")
+        page = self.page(request.headers.getall("Cookie", []), facts.scheme == "https")
         if plan.kind is Kind.JSON:
-            return JSONRewrite(self, facts.path, up, resp, plan.codings, page, cookie)
+            return JSONRewrite(self, facts.path, up, resp, plan.codings, page)
         self.html_changes(headers.get("ETag"), headers.get("Cache-Control"), plan.codings).apply(headers)
-        return HTMLRewrite(self, facts.path, request, up, resp, plan, page, cookie)
+        return HTMLRewrite(self, facts.path, request, up, resp, plan, page)
 
     # ---- submissions --------------------------------------------------------------------------
 
@@ -133,16 +133,15 @@ class Rewrite:
     """One response's body on its way through the PII policy.  The proxy calls, in order:
     ``start`` (before the head goes out), ``write`` per chunk, ``last`` with the rest."""
 
-    __slots__ = ("cookie", "flow", "page", "path", "resp", "up")
+    __slots__ = ("flow", "page", "path", "resp", "up")
 
     def __init__(self, flow: PIIFlow, path: str, up: ClientResponse, resp: web.StreamResponse,
-                 page: PageTokens | None, cookie: str | None) -> None:
+                 page: PageTokens | None) -> None:
         self.flow = flow
         self.path = path
         self.up = up
         self.resp = resp
         self.page = page
-        self.cookie = cookie
 
     async def start(self, first: bytes) -> bytes:
         return first
@@ -157,32 +156,43 @@ class Rewrite:
 class HTMLRewrite(Rewrite):
     """HTML streams through ``HTMLPass`` (decoded and re-encoded around the rewriter), chunk by chunk."""
 
-    __slots__ = ("_done", "_pass", "_request")
+    __slots__ = ("_done", "_pass", "_plan", "_request")
 
     def __init__(self, flow: PIIFlow, path: str, request: web.BaseRequest, up: ClientResponse,
-                 resp: web.StreamResponse, plan: Plan, page: PageTokens | None, cookie: str | None) -> None:
-        super().__init__(flow, path, up, resp, page, cookie)
+                 resp: web.StreamResponse, plan: Plan, page: PageTokens | None) -> None:
+        super().__init__(flow, path, up, resp, page)
         self._request = request
-        self._pass = HTMLPass(flow, path, plan, page)
+        self._plan = plan
+        self._pass: HTMLPass | None = None   # built when the body must be read
         self._done = False
+
+    def _rewriter(self) -> HTMLPass:
+        if self._pass is None:
+            self._pass = HTMLPass(self.flow, self.path, self._plan, self.page)
+        return self._pass
 
     async def start(self, first: bytes) -> bytes:
         if not self.up.content.at_eof():
             # Streamed: the head leaves before we know whether tokens follow, so the
             # browser gets its vault cookie now.
-            if self.cookie is not None:
-                self.resp.headers.add("Set-Cookie", self.cookie)
+            cookie = self.page.cookie if self.page is not None else None
+            if cookie is not None:
+                self.resp.headers.add("Set-Cookie", cookie)
             return first
         # The whole body is here (most pages): rewrite it now, so the head can say
         # Content-Length and carry the cookie only when the page holds tokens.
-        out = self._run(self._pass.close, first)
         self._done = True
-        cookie = issued_cookie(self.page, self.cookie)
+        if self.flow.unread(self._plan, first):
+            self.resp.headers["Content-Length"] = str(len(first))
+            return first
+        scan = self._rewriter()
+        out = self._run(scan.close, first)
+        cookie = issued_cookie(self.page)
         if cookie is not None:
             self.resp.headers.add("Set-Cookie", cookie)
         self.resp.headers["Content-Length"] = str(len(out))
-        await self._pass.flush()
-        self._pass.finished()
+        await scan.flush()
+        scan.finished()
         return out
 
     def _run(self, step: Callable[[bytes], bytes], data: bytes) -> bytes:
@@ -199,8 +209,9 @@ class HTMLRewrite(Rewrite):
             raise BodyAborted(str(exc)) from None
 
     async def write(self, resp: web.StreamResponse, chunk: bytes) -> None:
-        out = self._run(self._pass.feed, chunk)
-        await self._pass.flush()
+        scan = self._rewriter()
+        out = self._run(scan.feed, chunk)
+        await scan.flush()
         if out:
             await resp.write(out)
         else:
@@ -210,9 +221,10 @@ class HTMLRewrite(Rewrite):
         if self._done:
             await resp.write_eof(rest)
             return
-        out = self._run(self._pass.close, rest)
-        await self._pass.flush()
-        self._pass.finished()
+        scan = self._rewriter()
+        out = self._run(scan.close, rest)
+        await scan.flush()
+        scan.finished()
         await resp.write_eof(out)
 
 
@@ -222,7 +234,7 @@ class HTMLDetect(Rewrite):
     __slots__ = ("_pass",)
 
     def __init__(self, flow: PIIFlow, path: str, up: ClientResponse, resp: web.StreamResponse, plan: Plan) -> None:
-        super().__init__(flow, path, up, resp, None, None)
+        super().__init__(flow, path, up, resp, None)
         self._pass: HTMLPass | None = HTMLPass(flow, path, plan, None, scan_only=True)
 
     def _scan(self, step: Callable[[HTMLPass], object]) -> None:
@@ -256,8 +268,8 @@ class JSONRewrite(Rewrite):
     __slots__ = ("_codings",)
 
     def __init__(self, flow: PIIFlow, path: str, up: ClientResponse, resp: web.StreamResponse,
-                 codings: tuple[str, ...], page: PageTokens | None, cookie: str | None) -> None:
-        super().__init__(flow, path, up, resp, page, cookie)
+                 codings: tuple[str, ...], page: PageTokens | None) -> None:
+        super().__init__(flow, path, up, resp, page)
         self._codings = codings
 
     async def start(self, first: bytes) -> bytes:
@@ -284,7 +296,7 @@ class JSONRewrite(Rewrite):
         headers = self.resp.headers
         flow.json_changes(headers.get("ETag"), headers.get("Cache-Control"), self._codings).apply(headers)
         headers["Content-Length"] = str(len(new))
-        cookie = issued_cookie(self.page, self.cookie)
+        cookie = issued_cookie(self.page)
         if cookie is not None:
             headers.add("Set-Cookie", cookie)
         return new

@@ -67,26 +67,31 @@ async def rewrite(pii: PIIRuntime, facts: RequestFacts, req: http.Request, resp:
         scan.finished()
         return True
     headers = resp.headers
-    page, cookie = pii.page(req.headers.get_all("Cookie"), facts.scheme == "https")
+    page = pii.page(req.headers.get_all("Cookie"), facts.scheme == "https")
     if how.kind is Kind.JSON:
         new = await pii.json_body(path, raw, how.codings, page)
         if new is None:
             return True   # unchanged (or not JSON after all): the upstream's bytes and headers
         changes = pii.json_changes(headers.get("ETag"), headers.get("Cache-Control"), how.codings)
     else:
-        rewriting = HTMLPass(pii, path, how, page)
-        try:
-            new = rewriting.close(raw)
-        except DecodeError as exc:
-            pii.skip(path, "decode-error", warn=False)
-            pii.warn_once("decode", "pii: %s: upstream body does not decode (%s); answered 502", clean_path(path), exc)
-            return False
-        await rewriting.flush()
-        rewriting.finished()
+        if pii.unread(how, raw):
+            new = raw   # a page the policy cannot change (``rewriter.untouched``): not read
+        else:
+            rewriting = HTMLPass(pii, path, how, page)
+            try:
+                new = rewriting.close(raw)
+            except DecodeError as exc:
+                pii.skip(path, "decode-error", warn=False)
+                pii.warn_once(
+                    "decode", "pii: %s: upstream body does not decode (%s); answered 502", clean_path(path), exc
+                )
+                return False
+            await rewriting.flush()
+            rewriting.finished()
         changes = pii.html_changes(headers.get("ETag"), headers.get("Cache-Control"), how.codings)
     changes.apply(MutableFields(headers))
     set_raw(resp, new)
-    issued = issued_cookie(page, cookie)
+    issued = issued_cookie(page)
     if issued is not None:
         headers.add("Set-Cookie", issued)
     return True

@@ -64,6 +64,31 @@ class Detector(Protocol):
     def search(self, text: str) -> bool: ...
 
 
+SCREEN_ANY = rb"[&\x80-\xff]"
+"""Raw bytes that defeat every screen: a character reference or a non-ASCII byte may decode
+or normalise (NFKC) to anything a detector reads, in any charset the rewriter accepts."""
+
+
+def raw_screen(detectors: Iterable[Detector]) -> re.Pattern[bytes] | None:
+    """A bytes pattern found in the raw markup of every value in which one of ``detectors`` finds
+    something; None when a detector has no ``screen`` (custom patterns: anything may match).
+
+    Why.  Most hidden fields of a page (CSRF tokens, view state, return URLs) hold no PII, and
+    decoding and detecting each one costs more than the rest of the page's scan.  A value
+    that is pure ASCII with no ``&`` reaches the detectors unchanged (no entity, and NFKC and
+    the digit table leave ASCII alone), so the detectors' own necessary conditions, read on
+    the bytes, rule it out at the cost of one search.  Searching a whole tag is safe: it holds
+    every value it carries, and the extra bytes can only add matches.
+    """
+    parts = [SCREEN_ANY]
+    for d in detectors:
+        screen: bytes | None = getattr(d, "screen", None)
+        if screen is None:
+            return None
+        parts.append(screen)
+    return re.compile(b"|".join(parts))
+
+
 @dataclass(frozen=True, slots=True)
 class RegexDetector:
     """A detector that is one regular expression (the e-mail, user-id and custom detectors)."""
@@ -71,6 +96,7 @@ class RegexDetector:
     kind: str
     pattern: re.Pattern[str]
     needle: str = ""   # a substring every match contains: a cheap pre-check
+    screen: bytes | None = None   # see ``raw_screen``; None: any value may match
 
     def search(self, text: str) -> bool:
         if self.needle and self.needle not in text:
@@ -92,6 +118,7 @@ class EmailDetector:
     """``local@domain.tld``; ``logo@2x.png`` is an image name, not an address."""
 
     kind: str = EMAIL
+    screen: bytes = b"@"
 
     def search(self, text: str) -> bool:
         if "@" not in text:
@@ -171,6 +198,10 @@ class PhoneDetector:
     Germany, France...) and North American ``(555) 123-4567``."""
 
     kind: str = PHONE
+    # Eight digits with only separators between them: every pattern below allows nothing
+    # else between two digits (a country code's "+" comes before the first), and each needs
+    # eight digits at least.  Tighter than ``_DIGIT_RUN``, so a hex token is screened out.
+    screen: bytes = rb"[0-9](?:[-. /()]{0,3}[0-9]){7}"
 
     def search(self, text: str) -> bool:
         if _DIGIT_RUN.search(text) is None:
@@ -190,7 +221,7 @@ USER_ID_RE = re.compile(r"(?<![0-9A-Za-z])U[0-9a-fA-F]{32}(?![0-9A-Za-z])")
 
 def builtin_detectors() -> tuple[Detector, ...]:
     """The shipped detectors, in the order their kinds are reported."""
-    return (EmailDetector(), PhoneDetector(), RegexDetector(USER_ID, USER_ID_RE, "U"))
+    return (EmailDetector(), PhoneDetector(), RegexDetector(USER_ID, USER_ID_RE, "U", rb"U[0-9a-fA-F]{32}"))
 
 
 def custom_detector(kind: str, pattern: str, *, ignore_case: bool = False) -> RegexDetector:

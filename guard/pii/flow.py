@@ -35,15 +35,13 @@ from guard.pii.json import rewrite_json
 from guard.pii.policy import Mode
 from guard.pii.report import Report, Skip
 from guard.pii.response import HeaderChanges, header_changes, html_body, media_type
-from guard.pii.rewriter import HTMLRewriter
+from guard.pii.rewriter import HTMLRewriter, untouched
 from guard.pii.settings import PIIConfig, glob_matcher
 from guard.pii.vault import (
     PageTokens,
     Vault,
     Verdict,
     cookie_name,
-    new_browser_id,
-    set_cookie,
     valid_browser_id,
 )
 from guard.store.base import StoreError
@@ -146,15 +144,31 @@ class PIIRuntime:
             return None
         return Plan(Kind.JSON, codings, media_type(content_type)[1])
 
-    def page(self, cookie_headers: Iterable[str], secure: bool) -> tuple[PageTokens | None, str | None]:
-        """The tokens this response may issue, and the vault cookie to set if it does (None: it has one)."""
+    def whole_only(self, path: str) -> bool:
+        """Whether a request for ``path`` must ask the upstream for whole bodies (no ``Range``).
+
+        A 206 answer is never rewritten: a byte range of a page is not a page (the scan
+        cannot know what state the tokenizer is in at its first byte), and a client may ask
+        for exactly the bytes of one hidden value.  So where the policy rewrites, ``Range``
+        and ``If-Range`` do not reach the upstream, which then answers 200 with the whole
+        body (RFC 9110 section 14.2 lets any server ignore ``Range``).  Downloads that need
+        ranges keep them through ``pii.paths.exclude``.  Detect mode rewrites nothing.
+        """
+        return not self.observe_only and self._wanted(path)
+
+    def page(self, cookie_headers: Iterable[str], secure: bool) -> PageTokens | None:
+        """The tokens this response may issue (``PageTokens.cookie``: the vault cookie to set if it does)."""
         if not self.tokenizes or self.vault is None:
-            return None, None
+            return None
         current = cookie_value(cookie_headers, cookie_name(secure))
-        if current is not None and valid_browser_id(current):
-            return self.vault.page(current, self.ttl, self.limit), None
-        browser = new_browser_id()
-        return self.vault.page(browser, self.ttl, self.limit), set_cookie(browser, secure)
+        if current is not None and not valid_browser_id(current):
+            current = None
+        return self.vault.page(current, self.ttl, self.limit, secure=secure)
+
+    def unread(self, plan: Plan, body: bytes) -> bool:
+        """Whether a whole HTML body goes out as it came, with no rewriter built for it
+        (``rewriter.untouched``; a compressed body is always read)."""
+        return not plan.codings and untouched(self.policy, body, plan.charset)
 
     def html_changes(self, etag: str | None, cache_control: str | None, codings: tuple[str, ...]) -> HeaderChanges:
         """The header fixes for an HTML body that goes through the rewriter (see ``guard.pii.response``)."""
@@ -377,9 +391,13 @@ class HTMLPass:
         self.runtime.report(self.path, self.rewriter.report, self.page)
 
 
-def issued_cookie(page: PageTokens | None, cookie: str | None) -> str | None:
+RANGE_FIELDS = ("Range", "If-Range")
+"""Request fields dropped where ``PIIRuntime.whole_only`` says so."""
+
+
+def issued_cookie(page: PageTokens | None) -> str | None:
     """The vault cookie to set on a response whose body is complete: only when it holds tokens."""
-    return cookie if cookie is not None and page is not None and page.issued else None
+    return page.cookie if page is not None and page.issued else None
 
 
 def cookie_value(cookie_headers: Iterable[str], name: str) -> str | None:

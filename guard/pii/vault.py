@@ -122,9 +122,9 @@ class Vault:
         self.store = store
         self.clock = clock
 
-    def page(self, browser: str, ttl: float, limit: int) -> PageTokens:
-        """A tokenizer for one response to ``browser``."""
-        return PageTokens(self, browser, ttl, limit)
+    def page(self, browser: str | None, ttl: float, limit: int, *, secure: bool = False) -> PageTokens:
+        """A tokenizer for one response to ``browser`` (None: a browser without a vault cookie yet)."""
+        return PageTokens(self, browser, ttl, limit, secure)
 
     def seal(self, token: str, browser: str, record: Record) -> bytes:
         plain = json.dumps(
@@ -176,11 +176,14 @@ class PageTokens:
     ``refused`` counts them.
     """
 
-    __slots__ = ("_issued", "browser", "codec_of", "limit", "pending", "refused", "ttl", "vault")
+    __slots__ = ("_browser", "_issued", "codec_of", "fresh", "limit", "pending", "refused", "secure", "ttl", "vault")
 
-    def __init__(self, vault: Vault, browser: str, ttl: float, limit: int) -> None:
+    def __init__(self, vault: Vault, browser: str | None, ttl: float, limit: int, secure: bool = False) -> None:
         self.vault = vault
-        self.browser = browser
+        self._browser = browser
+        self.fresh = browser is None
+        """The browser had no vault cookie: ``cookie`` gives it one."""
+        self.secure = secure
         self.ttl = ttl
         self.limit = limit
         self.pending: list[Put] = []
@@ -188,6 +191,23 @@ class PageTokens:
         self.codec_of: Callable[[], str | None] | None = None
         """Set by the caller to the rewriter's ``codec``: recorded so a swap-back encodes like the page."""
         self._issued: dict[tuple[str, str | None, str], str] = {}
+
+    @property
+    def browser(self) -> str:
+        """The vault cookie's value; for a browser without one, made on first use.
+
+        Most pages issue no token, and a response to a browser without the cookie (every
+        first visit, every load-balancer probe) would otherwise pay for 128 random bits
+        it never sends.
+        """
+        if self._browser is None:
+            self._browser = new_browser_id()
+        return self._browser
+
+    @property
+    def cookie(self) -> str | None:
+        """The ``Set-Cookie`` value that gives a fresh browser its id; None when it had one."""
+        return set_cookie(self.browser, self.secure) if self.fresh else None
 
     @property
     def issued(self) -> int:
