@@ -679,3 +679,13 @@ async def test_missing_config_file(refusing: tuple[taddons.context, GuardAddon],
     tctx, addon = refusing
     with pytest.raises(exceptions.OptionsError, match=r"nope\.yaml: file not found"):
         configure(tctx, addon, tmp_path / "nope.yaml")
+
+
+async def test_a_byte_range_never_reaches_the_upstream_where_pages_are_rewritten(guard: Guard) -> None:
+    # a 206 is never rewritten: a client must not get the bytes of one hidden value that way
+    f = make_flow("/contact", headers={"Range": "bytes=120-132", "If-Range": '"v1"'})
+    await guard.hook(HttpRequestHeadersHook(f))
+    assert f.response is None and "Range" not in f.request.headers and "If-Range" not in f.request.headers
+    plain = make_flow("/contact")
+    await guard.hook(HttpRequestHeadersHook(plain))
+    assert plain.response is None

@@ -93,6 +93,8 @@ class Shop:
         app.router.add_get("/api/me", self.api)
         app.router.add_get("/api/other", self.api)
         app.router.add_route("*", "/echo", self.echo)
+        app.router.add_get("/ranged", self.ranged)
+        app.router.add_get("/excluded/ranged", self.ranged)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -106,6 +108,16 @@ class Shop:
     @staticmethod
     def _page(body: bytes, ctype: str = "text/html; charset=utf-8", **headers: str) -> web.Response:
         return web.Response(body=body, headers={"Content-Type": ctype, "ETag": '"v1"', **headers})
+
+    async def ranged(self, request: web.Request) -> web.Response:
+        """The page, honouring a single ``Range: bytes=a-b`` as a static file server would."""
+        self.received.append({"path": request.path, "range": request.headers.get("Range")})
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("Range", ""))
+        if m is None:
+            return self._page(PAGE, **{"Accept-Ranges": "bytes"})
+        a, b = int(m.group(1)), int(m.group(2))
+        return web.Response(status=206, body=PAGE[a : b + 1], headers={
+            "Content-Type": "text/html; charset=utf-8", "Content-Range": f"bytes {a}-{b}/{len(PAGE)}"})
 
     async def plain(self, request: web.Request) -> web.Response:
         return self._page(PAGE, **{"Cache-Control": "public, max-age=60"})
@@ -378,6 +390,25 @@ async def test_detect_mode_changes_nothing_and_counts(
     assert len(rec.pii_events) == 9
     rec.pii_events = rec.pii_events[:3]
     assert sorted(rec.pii_events) == [("/plain", kind, "detect", 1) for kind in ("email", "phone", "user_id")]
+
+
+async def test_a_byte_range_of_a_page_cannot_carry_its_pii_out(
+    make_guard: GuardFactory, shop: Shop, browser: aiohttp.ClientSession
+) -> None:
+    guard, _ = await started(make_guard, shop, pii={"paths": {"exclude": ["/excluded/*"]}})
+    start = PAGE.index(PHONE.encode())
+    want = {"Range": f"bytes={start}-{start + len(PHONE) - 1}"}
+    async with browser.get(shop.url + "/ranged", headers=want) as r:
+        assert r.status == 206 and await r.read() == PHONE.encode()   # what the upstream alone would give
+    async with browser.get(guard.url("/ranged"), headers=want) as r:
+        body = await r.read()
+        assert r.status == 200 and r.headers["Accept-Ranges"] == "none"
+    assert no_pii(body) and TOKEN_RE.fullmatch(fields(body)["phone"])
+    assert shop.received[-1] == {"path": "/ranged", "range": None}
+    # where the policy does not rewrite, ranges work as before
+    async with browser.get(guard.url("/excluded/ranged"), headers=want) as r:
+        assert r.status == 206 and await r.read() == PHONE.encode()
+    assert shop.received[-1]["range"] == want["Range"]
 
 
 async def test_disabled_and_excluded_pages_pass_untouched(

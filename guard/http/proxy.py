@@ -52,8 +52,10 @@ from guard.http.protocol import GuardProtocol
 from guard.http.settings import MAX_TARPIT, Settings
 from guard.http.target import Target, match_path, parse_target
 from guard.http.upstream import Upstream, failure_status
+from guard.pii.flow import RANGE_FIELDS
 
 log = logging.getLogger("guard.http")
+_RANGE_FIELDS = frozenset(f.lower() for f in RANGE_FIELDS)
 
 OVERLOADED = Decision(
     Action.UNAVAILABLE,
@@ -368,6 +370,8 @@ class ProxyHandler:
             return self._page(request, rt, facts, decision, 503, t0)
         # RFC 9112 section 3.2.2: an absolute-form target's authority replaces Host
         out_headers = request_headers(request.headers, fwd, rt.host_override or target.host)
+        if "Range" in request.headers and rt.pii is not None and rt.pii.whole_only(facts.path):
+            out_headers = [(k, v) for k, v in out_headers if k.lower() not in _RANGE_FIELDS]
         peek = 0
         data: object = None
         feed: BodyFeed | None = None

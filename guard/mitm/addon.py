@@ -59,6 +59,7 @@ from guard.mitm import flows, messages
 from guard.mitm.challenge import ChallengeHooks, Release
 from guard.mitm.flows import FlowState, Stage
 from guard.mitm.lifecycle import Lifecycle, Settings
+from guard.pii.flow import RANGE_FIELDS
 
 log = logging.getLogger("guard.mitm")
 
@@ -208,6 +209,9 @@ class GuardAddon(Lifecycle):
             if isinstance(flow.client_conn.proxy_mode, ReverseMode):
                 flows.forwarding_headers(headers, flows.forwarding(settings, facts))
             pii = settings.pii
+            if pii is not None and "Range" in headers and pii.whole_only(facts.path):
+                for name in RANGE_FIELDS:
+                    headers.pop(name, None)   # a byte range of a page is never rewritten (PIIRuntime.whole_only)
             sub = pii_hooks.submission(pii, facts, req, length, settings.max_body) if pii is not None else None
             if sub is None or not sub.buffered:
                 req.stream = True

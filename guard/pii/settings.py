@@ -173,7 +173,11 @@ class PathsConfig(_Model):
     include: tuple[PathGlob, ...] = Field(
         (), description="only these paths (empty: every HTML response, and every JSON one with json rules)"
     )
-    exclude: tuple[PathGlob, ...] = Field((), description="never these paths (wins over include)")
+    exclude: tuple[PathGlob, ...] = Field(
+        (),
+        description="never these paths (wins over include); requests elsewhere lose Range/If-Range, "
+        "since a byte range of a page cannot be rewritten",
+    )
     submit_exclude: tuple[PathGlob, ...] = Field(
         (),
         description="submissions to these paths are never buffered for token swap-back (large uploads): "
