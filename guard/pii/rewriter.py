@@ -494,10 +494,16 @@ def untouched(policy: Policy, body: bytes, charset: str | None) -> bool:
     while pos >= 0:
         seen += 1
         m = TAG_RE.match(body, pos)
-        if m is None or seen > _MAX_CANDIDATES or m.end() - pos > policy.max_tag_bytes:
+        if m is None or seen > _MAX_CANDIDATES:
             return False
-        tag = body[pos : m.end()]
-        if needle.search(tag) is not None and screen.search(tag) is not None:
+        end = m.end()
+        if end - pos > policy.max_tag_bytes:
+            return False
+        # ``_input_needle`` ("hidden" in any case, or '&') read on the lowered copy: two
+        # memchr-speed finds, where the case-blind regex tries every byte of the tag.
+        if (low.find(b"hidden", pos, end) >= 0 or low.find(b"&", pos, end) >= 0) and screen.search(
+            body, pos, end
+        ) is not None:
             return False
         # The next position, not the tag's end: a "tag" read from inside a comment may
         # swallow the start of a real one.
@@ -562,6 +568,7 @@ def _input_needle(policy: Policy) -> re.Pattern[bytes] | None:
     if policy.interest.attr_prefixes or any(s.css is not None for s in policy.selectors):
         return None
     scopes = frozenset().union(*(s.scopes for s in policy.selectors))
+    # ``untouched`` reads the same needle with two finds: keep them in step.
     return re.compile(rb"hidden|&", re.IGNORECASE) if scopes <= {Scope.HIDDEN} else None
 
 
