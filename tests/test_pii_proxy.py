@@ -51,6 +51,8 @@ SJIS_PAGE = (
     "</form></body></html>"
 ).encode("cp932")
 BLOB = random.Random(5).randbytes(200_000)
+CLEAN = PAGE.replace(PHONE.encode(), b"").replace(UID.encode(), b"").replace(EMAIL.encode(), b"")
+CLEAN_GZ, CLEAN_BR = gzip.compress(CLEAN, mtime=0), brotli.compress(CLEAN)
 API = json.dumps({"user": {"phone": PHONE, "nick": "taro"}, "id": 7}).encode()
 OTHER_API = json.dumps({"user": {"nick": "taro"}, "tel": PHONE}).encode()
 
@@ -94,6 +96,8 @@ class Shop:
         app.router.add_get("/api/other", self.api)
         app.router.add_route("*", "/echo", self.echo)
         app.router.add_get("/ranged", self.ranged)
+        app.router.add_get("/clean.gz", self.clean_gzip)
+        app.router.add_get("/clean.br", self.clean_br)
         app.router.add_get("/excluded/ranged", self.ranged)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -108,6 +112,12 @@ class Shop:
     @staticmethod
     def _page(body: bytes, ctype: str = "text/html; charset=utf-8", **headers: str) -> web.Response:
         return web.Response(body=body, headers={"Content-Type": ctype, "ETag": '"v1"', **headers})
+
+    async def clean_gzip(self, request: web.Request) -> web.Response:
+        return self._page(CLEAN_GZ, **{"Content-Encoding": "gzip"})
+
+    async def clean_br(self, request: web.Request) -> web.Response:
+        return self._page(CLEAN_BR, **{"Content-Encoding": "br"})
 
     async def ranged(self, request: web.Request) -> web.Response:
         """The page, honouring a single ``Range: bytes=a-b`` as a static file server would."""
@@ -251,6 +261,19 @@ async def test_compressed_pages_are_rewritten_and_reencoded(
         b"VALUE=" + UID.encode(), b'VALUE="X"').replace(EMAIL.encode(), b"X")
     assert sorted((k, m, n) for _, k, m, n in rec.pii_events) == [
         ("email", "tokenize", 1), ("phone", "tokenize", 1), ("user_id", "tokenize", 1)]
+
+
+@pytest.mark.parametrize(("path", "raw", "coding"), [("/clean.gz", CLEAN_GZ, "gzip"), ("/clean.br", CLEAN_BR, "br")])
+async def test_a_compressed_page_with_nothing_to_change_goes_out_in_its_own_bytes(
+    make_guard: GuardFactory, shop: Shop, browser: aiohttp.ClientSession, path: str, raw: bytes, coding: str
+) -> None:
+    guard, rec = await started(make_guard, shop)
+    async with browser.get(guard.url(path), headers={"Accept-Encoding": "gzip, br"}) as r:
+        body = await r.read()
+        headers = r.headers
+    assert body == raw   # not inflated and deflated again: the upstream's bytes
+    assert headers["Content-Encoding"] == coding and headers["Content-Length"] == str(len(raw))
+    assert "Set-Cookie" not in headers and rec.pii_events == []
 
 
 async def test_non_html_is_streamed_byte_identical(

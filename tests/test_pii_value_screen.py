@@ -11,7 +11,9 @@ screen and without it.
 
 from __future__ import annotations
 
+import gzip
 import html
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -19,9 +21,12 @@ from hypothesis import strategies as st
 
 from guard.pii.detect import builtin_detectors, custom_detector, kinds_in, raw_screen
 from guard.pii.element import TagPolicy
+from guard.pii.encoding import decode_whole
+from guard.pii.flow import UNREAD_DECODED, Kind, PIIRuntime, Plan
 from guard.pii.policy import Mode, Policy, Selector, default_policy
 from guard.pii.report import Report
 from guard.pii.rewriter import HTMLRewriter, _patterns, untouched
+from guard.pii.settings import PIIConfig
 from tests.test_pii_detect import EMAILS, PHONES, USER_IDS
 from tests.test_pii_props import COMPLETE, JUNK_ALPHABET, hidden_input
 from tests.test_pii_support import FUZZ_EXAMPLES
@@ -190,3 +195,33 @@ def test_ordinary_pages_are_passed_on_unread_and_pii_is_not() -> None:
     assert not untouched(default_policy(), "<p>x</p>".encode("utf-16"), "utf-16")
     mask_all = Policy(selectors=(Selector(Mode.MASK),))
     assert not untouched(mask_all, b"<p>x</p>", "utf-8")
+
+
+# ---- compressed pages (``PIIRuntime.unread``) -----------------------------------------------------
+
+
+def _runtime(**cfg: object) -> PIIRuntime:
+    return PIIRuntime(PIIConfig.model_validate(cfg), cast(Any, None), None)
+
+
+CLEAN = b"<form><input type=hidden name=back value=/home><input name=q></form>"
+DIRTY = CLEAN.replace(b"/home", b"taro@example.jp")
+
+
+def test_a_compressed_page_is_judged_decoded_and_only_where_its_bytes_can_go_out_as_they_are() -> None:
+    pii = _runtime()
+    gz = Plan(Kind.HTML, ("gzip",), "utf-8")
+    assert pii.unread(gz, gzip.compress(CLEAN))
+    assert not pii.unread(gz, gzip.compress(DIRTY))
+    assert not pii.unread(gz, gzip.compress(CLEAN)[:-9])           # truncated: the full path reports it
+    assert not pii.unread(gz, b"not gzip at all")
+    assert not pii.unread(Plan(Kind.HTML, ("gzip", "gzip"), "utf-8"), gzip.compress(gzip.compress(CLEAN)))
+    assert not _runtime(reencode=False).unread(gz, gzip.compress(CLEAN))   # it would go out as identity
+
+
+def test_decoding_to_judge_stops_at_the_bound() -> None:
+    bomb = gzip.compress(b"<p>" + b" " * (UNREAD_DECODED + 1))
+    assert len(bomb) < 10_000
+    assert decode_whole(bomb, "gzip", UNREAD_DECODED) is None
+    assert not _runtime().unread(Plan(Kind.HTML, ("gzip",), None), bomb)
+    assert decode_whole(gzip.compress(CLEAN), "gzip", len(CLEAN)) == CLEAN

@@ -172,6 +172,27 @@ def _encoder(coding: str) -> _Encoder:
     return _BrotliEncoder() if coding == "br" else _ZlibEncoder(gzip=coding == "gzip")
 
 
+def decode_whole(body: bytes, coding: str, limit: int) -> bytes | None:
+    """A whole body with one content coding undone; None when it does not decode or decodes
+    past ``limit`` bytes (decoding stops there: a compression bomb costs ``limit``, no more)."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        for piece in _decoded(_decoder(coding), body):
+            size += len(piece)
+            if size > limit:
+                return None
+            parts.append(piece)
+    except DecodeError:
+        return None
+    return b"".join(parts)
+
+
+def _decoded(decoder: _Decoder, body: bytes) -> Iterator[bytes]:
+    yield from decoder.feed(body)
+    yield from decoder.close()   # only once fed: a decoder's close may check that it finished
+
+
 def output_coding(codings: tuple[str, ...], reencode: bool) -> str | None:
     """The Content-Encoding of the rewritten body: the outermost coding, or None (identity)."""
     return codings[-1] if reencode and codings else None

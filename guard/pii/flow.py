@@ -29,7 +29,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, NamedTuple
 
 from guard.observe.decisionlog import clean_path
-from guard.pii.encoding import BodyTransform, DecodeError, parse_content_encoding
+from guard.pii.encoding import BodyTransform, DecodeError, decode_whole, output_coding, parse_content_encoding
 from guard.pii.forms import find_tokens, find_tokens_query, swap_back, swap_back_query
 from guard.pii.json import rewrite_json
 from guard.pii.policy import Mode
@@ -167,8 +167,19 @@ class PIIRuntime:
 
     def unread(self, plan: Plan, body: bytes) -> bool:
         """Whether a whole HTML body goes out as it came, with no rewriter built for it
-        (``rewriter.untouched``; a compressed body is always read)."""
-        return not plan.codings and untouched(self.policy, body, plan.charset)
+        (``rewriter.untouched``).
+
+        A body in one content coding is decoded (up to ``UNREAD_DECODED`` bytes) to be
+        judged, and goes out in its original bytes when the rewriter would re-encode it in
+        that same coding: no inflate-scan-deflate for a page that holds nothing to change.
+        A body that does not decode is left to the full path, which reports it.
+        """
+        if not plan.codings:
+            return untouched(self.policy, body, plan.charset)
+        if len(plan.codings) != 1 or output_coding(plan.codings, self.reencode) != plan.codings[0]:
+            return False
+        decoded = decode_whole(body, plan.codings[0], UNREAD_DECODED)
+        return decoded is not None and untouched(self.policy, decoded, plan.charset)
 
     def html_changes(self, etag: str | None, cache_control: str | None, codings: tuple[str, ...]) -> HeaderChanges:
         """The header fixes for an HTML body that goes through the rewriter (see ``guard.pii.response``)."""
@@ -390,6 +401,9 @@ class HTMLPass:
         """Count what this body held (metrics, log lines for skips)."""
         self.runtime.report(self.path, self.rewriter.report, self.page)
 
+
+UNREAD_DECODED = 4 << 20
+"""``PIIRuntime.unread`` judges compressed pages up to this size decoded; larger ones stream through."""
 
 RANGE_FIELDS = ("Range", "If-Range")
 """Request fields dropped where ``PIIRuntime.whole_only`` says so."""
