@@ -403,7 +403,7 @@ class HTMLPass:
 
 
 UNREAD_DECODED = 4 << 20
-"""``PIIRuntime.unread`` judges compressed pages up to this size decoded; larger ones stream through."""
+"""``PIIRuntime.unread`` judges compressed pages up to this size decoded; larger ones take the full scan."""
 
 RANGE_FIELDS = ("Range", "If-Range")
 """Request fields dropped where ``PIIRuntime.whole_only`` says so."""
