@@ -9,6 +9,14 @@ MONITOR on a private redis-server that this script starts); a refusal adds one
 write for its side effects (flags, attack-detector counts, the ban).
 
     python bench/bench_decisions.py [--decisions 20000] [--redis] [--json out.json]
+
+CPU time on a shared VM moves with the host (the same code measured 90 µs and 134 µs per
+decision an hour apart).  Instructions do not: ``--replay N`` runs the warm-up and N decisions
+with no clock and no output, for an instruction counter.  Run it under callgrind at N and at
+0; the difference over N is the instructions per decision:
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python bench/bench_decisions.py --replay 3000     # then --replay 0
 """
 
 from __future__ import annotations
@@ -222,6 +230,21 @@ async def bench_redis(n: int) -> dict[str, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def replay(n: int) -> int:
+    """The warm-up of ``bench_memory``, then ``n`` decisions: no clock, no output (see the docstring)."""
+    config = load_config(ROOT / "guard.yaml")
+    clock = VirtualClock()
+    engine = Engine(config, MemoryStore("b:", 1_000_000, 10_000), clock, secret=b"bench" * 8)
+    await engine.start()
+    warm = 2000
+    events = _events(warm + n)
+    await _decide(engine, clock, events[:warm])
+    rest = events[warm:]
+    done = await _decide(engine, clock, rest, _bodies(rest))
+    await engine.close()
+    return done
+
+
 def _mean(xs: list[int]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -253,7 +276,10 @@ def main() -> int:
     ap.add_argument("--decisions", type=int, default=20000)
     ap.add_argument("--redis", action="store_true", help="also measure with a private redis-server")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--replay", type=int, metavar="N", help="N decisions after the warm-up, untimed (callgrind)")
     args = ap.parse_args()
+    if args.replay is not None:
+        return 0 if asyncio.run(replay(args.replay)) == args.replay else 1
     results: dict[str, dict[str, Any]] = {"memory": asyncio.run(bench_memory(args.decisions))}
     if args.redis:
         results["redis"] = asyncio.run(bench_redis(max(min(args.decisions, 5000), 3000)))

@@ -350,3 +350,11 @@ def test_bench_store_reports_a_full_store(tmp_path: Path) -> None:
     assert got["batches"] == 3000 and got["mean_us_per_batch"] > 0
     assert got["stalls"] == len(got["stall_list"]) or got["stalls"] > 50
     assert got["full_collection_ms"] >= 0 and got["peak_rss_mb"] > 0
+
+
+def test_bench_decisions_replays_untimed_for_an_instruction_counter() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench_decisions.py"), "--replay", "50"],
+        check=True, capture_output=True, text=True, timeout=120,
+    )
+    assert done.stdout == ""     # nothing timed, nothing printed: the counter sees the decisions alone
