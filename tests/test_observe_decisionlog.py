@@ -7,9 +7,12 @@ import dataclasses
 import errno
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guard.engine.decision import Action, Decision, Reason
 from guard.observe import decisionlog
@@ -185,3 +188,16 @@ async def test_full_disk_drops_lines_never_raises(tmp_path: Path, monkeypatch: p
     log.request(event())
     await log.close()
     assert len(lines(tmp_path / "d.log")) == 1   # the disk has room again: logging resumes
+
+
+@settings(max_examples=3000, deadline=None)
+@given(ts=st.one_of(
+    st.floats(min_value=-4e9, max_value=4e9, allow_nan=False),
+    st.builds(lambda s, f: s + f, st.integers(-2**31, 2**32), st.sampled_from(
+        [0.0, 0.0005, 0.0004999, 0.9995, 0.9999995, 0.9999994, 0.0000005, 0.1234565])),
+))
+def test_iso_writes_what_datetime_writes(ts: float) -> None:
+    # the per-second cache must not change a character of the log's "time" field
+    want = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert decisionlog.iso(ts) == want
+    assert decisionlog.iso(ts) == want   # and again, from the cache
