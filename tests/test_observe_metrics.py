@@ -35,6 +35,9 @@ def test_scrape_parses_and_counts() -> None:
     m.challenge("bogus-event", "email")
     m.pii("/account/123", "phone", "tokenize", 2)
     m.tamper("/account/123", "uid")
+    m.pii_page("/account/123", True)
+    m.pii_page("/help", False)
+    m.pii_page("/about", False)
     m.store_op(0.002, True)
     m.store_op(0.3, False)
     m.reload(True)
@@ -55,6 +58,8 @@ def test_scrape_parses_and_counts() -> None:
     assert s[("guard_challenges_total", (("channel", "email"), ("event", "other")))] == 1
     assert s[("guard_pii_fields_total", (("kind", "phone"), ("mode", "tokenize")))] == 2
     assert s[("guard_pii_tamper_total", ())] == 1
+    assert s[("guard_pii_pages_total", (("scan", "full"),))] == 1
+    assert s[("guard_pii_pages_total", (("scan", "unread"),))] == 2
     assert s[("guard_store_errors_total", ())] == 1
     assert s[("guard_store_latency_seconds_count", ())] == 2
     assert s[("guard_rule_reloads_total", (("result", "error"),))] == 1

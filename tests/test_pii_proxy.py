@@ -63,9 +63,13 @@ class Recorder:
     def __init__(self) -> None:
         self.pii_events: list[tuple[str, str, str, int]] = []
         self.tampers: list[tuple[str, str]] = []
+        self.pages: list[tuple[str, bool]] = []
 
     def pii(self, path: str, kind: str, mode: str, count: int) -> None:
         self.pii_events.append((path, kind, mode, count))
+
+    def pii_page(self, path: str, scanned: bool) -> None:
+        self.pages.append((path, scanned))
 
     def tamper(self, path: str, field_name: str) -> None:
         self.tampers.append((path, field_name))
@@ -261,6 +265,7 @@ async def test_compressed_pages_are_rewritten_and_reencoded(
         b"VALUE=" + UID.encode(), b'VALUE="X"').replace(EMAIL.encode(), b"X")
     assert sorted((k, m, n) for _, k, m, n in rec.pii_events) == [
         ("email", "tokenize", 1), ("phone", "tokenize", 1), ("user_id", "tokenize", 1)]
+    assert rec.pages == [(path, True)]
 
 
 @pytest.mark.parametrize(("path", "raw", "coding"), [("/clean.gz", CLEAN_GZ, "gzip"), ("/clean.br", CLEAN_BR, "br")])
@@ -274,6 +279,7 @@ async def test_a_compressed_page_with_nothing_to_change_goes_out_in_its_own_byte
     assert body == raw   # not inflated and deflated again: the upstream's bytes
     assert headers["Content-Encoding"] == coding and headers["Content-Length"] == str(len(raw))
     assert "Set-Cookie" not in headers and rec.pii_events == []
+    assert rec.pages == [(path, False)]   # counted as passed on unread (guard_pii_pages_total{scan="unread"})
 
 
 async def test_non_html_is_streamed_byte_identical(

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import gzip
 import html
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from guard.observe.events import NullObserver
 from guard.pii.detect import builtin_detectors, custom_detector, kinds_in, raw_screen
 from guard.pii.element import TagPolicy
 from guard.pii.encoding import decode_whole
@@ -201,7 +203,8 @@ def test_ordinary_pages_are_passed_on_unread_and_pii_is_not() -> None:
 
 
 def _runtime(**cfg: object) -> PIIRuntime:
-    return PIIRuntime(PIIConfig.model_validate(cfg), cast(Any, None), None)
+    engine = SimpleNamespace(observer=NullObserver())   # all ``unread`` asks of an engine
+    return PIIRuntime(PIIConfig.model_validate(cfg), cast(Any, engine), None)
 
 
 CLEAN = b"<form><input type=hidden name=back value=/home><input name=q></form>"
@@ -211,17 +214,17 @@ DIRTY = CLEAN.replace(b"/home", b"taro@example.jp")
 def test_a_compressed_page_is_judged_decoded_and_only_where_its_bytes_can_go_out_as_they_are() -> None:
     pii = _runtime()
     gz = Plan(Kind.HTML, ("gzip",), "utf-8")
-    assert pii.unread(gz, gzip.compress(CLEAN))
-    assert not pii.unread(gz, gzip.compress(DIRTY))
-    assert not pii.unread(gz, gzip.compress(CLEAN)[:-9])           # truncated: the full path reports it
-    assert not pii.unread(gz, b"not gzip at all")
-    assert not pii.unread(Plan(Kind.HTML, ("gzip", "gzip"), "utf-8"), gzip.compress(gzip.compress(CLEAN)))
-    assert not _runtime(reencode=False).unread(gz, gzip.compress(CLEAN))   # it would go out as identity
+    assert pii.unread(gz, gzip.compress(CLEAN), "/p")
+    assert not pii.unread(gz, gzip.compress(DIRTY), "/p")
+    assert not pii.unread(gz, gzip.compress(CLEAN)[:-9], "/p")           # truncated: the full path reports it
+    assert not pii.unread(gz, b"not gzip at all", "/p")
+    assert not pii.unread(Plan(Kind.HTML, ("gzip", "gzip"), "utf-8"), gzip.compress(gzip.compress(CLEAN)), "/p")
+    assert not _runtime(reencode=False).unread(gz, gzip.compress(CLEAN), "/p")   # it would go out as identity
 
 
 def test_decoding_to_judge_stops_at_the_bound() -> None:
     bomb = gzip.compress(b"<p>" + b" " * (UNREAD_DECODED + 1))
     assert len(bomb) < 10_000
     assert decode_whole(bomb, "gzip", UNREAD_DECODED) is None
-    assert not _runtime().unread(Plan(Kind.HTML, ("gzip",), None), bomb)
+    assert not _runtime().unread(Plan(Kind.HTML, ("gzip",), None), bomb, "/p")
     assert decode_whole(gzip.compress(CLEAN), "gzip", len(CLEAN)) == CLEAN

@@ -182,7 +182,7 @@ class HTMLRewrite(Rewrite):
         # The whole body is here (most pages): rewrite it now, so the head can say
         # Content-Length and carry the cookie only when the page holds tokens.
         self._done = True
-        if self.flow.unread(self._plan, first):
+        if self.flow.unread(self._plan, first, self.path):
             self.resp.headers["Content-Length"] = str(len(first))
             return first
         scan = self._rewriter()

@@ -74,7 +74,7 @@ async def rewrite(pii: PIIRuntime, facts: RequestFacts, req: http.Request, resp:
             return True   # unchanged (or not JSON after all): the upstream's bytes and headers
         changes = pii.json_changes(headers.get("ETag"), headers.get("Cache-Control"), how.codings)
     else:
-        if pii.unread(how, raw):
+        if pii.unread(how, raw, path):
             new = raw   # a page the policy cannot change (``rewriter.untouched``): not read
         else:
             rewriting = HTMLPass(pii, path, how, page)

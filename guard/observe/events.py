@@ -60,6 +60,9 @@ class Observer(Protocol):
 
     def pii(self, path: str, kind: str, mode: str, count: int) -> None: ...
 
+    def pii_page(self, path: str, scanned: bool) -> None:
+        """An HTML body under the PII policy: read by the rewriter, or passed on unread."""
+
     def tamper(self, path: str, field_name: str) -> None: ...
 
     def store_op(self, seconds: float, ok: bool) -> None: ...
@@ -84,6 +87,9 @@ class NullObserver:
         return None
 
     def pii(self, path: str, kind: str, mode: str, count: int) -> None:
+        return None
+
+    def pii_page(self, path: str, scanned: bool) -> None:
         return None
 
     def tamper(self, path: str, field_name: str) -> None:
@@ -128,6 +134,9 @@ class Fanout:
 
     def pii(self, path: str, kind: str, mode: str, count: int) -> None:
         self._each("pii", path, kind, mode, count)
+
+    def pii_page(self, path: str, scanned: bool) -> None:
+        self._each("pii_page", path, scanned)
 
     def tamper(self, path: str, field_name: str) -> None:
         self._each("tamper", path, field_name)

@@ -98,6 +98,13 @@ class Metrics(NullObserver):
         self.unbans_total = Counter("guard_unbans", "Bans removed before they expired.", registry=reg)
         self.pii_fields = Counter("guard_pii_fields", "PII fields rewritten in responses.", ["kind", "mode"],
                                   registry=reg)
+        self.pii_pages = Counter(
+            "guard_pii_pages",
+            "HTML responses under the PII policy: scan=full (read by the rewriter) or "
+            "scan=unread (no field that could hold PII: passed on as it came).",
+            ["scan"], registry=reg,
+        )
+        self._pii_scan = {True: self.pii_pages.labels("full"), False: self.pii_pages.labels("unread")}
         self.pii_tamper = Counter("guard_pii_tamper", "Submitted PII tokens that were swapped or forged.",
                                   registry=reg)
         self.upstream_latency = Histogram("guard_upstream_latency_seconds",
@@ -181,6 +188,9 @@ class Metrics(NullObserver):
         # ``path`` is deliberately not a label: paths carry record ids.
         if count > 0:
             self.pii_fields.labels(_bounded(kind), _bounded(mode)).inc(count)
+
+    def pii_page(self, path: str, scanned: bool) -> None:
+        self._pii_scan[scanned].inc()
 
     def tamper(self, path: str, field_name: str) -> None:
         self.pii_tamper.inc()

@@ -165,7 +165,7 @@ class PIIRuntime:
             current = None
         return self.vault.page(current, self.ttl, self.limit, secure=secure)
 
-    def unread(self, plan: Plan, body: bytes) -> bool:
+    def unread(self, plan: Plan, body: bytes, path: str) -> bool:
         """Whether a whole HTML body goes out as it came, with no rewriter built for it
         (``rewriter.untouched``).
 
@@ -175,11 +175,15 @@ class PIIRuntime:
         A body that does not decode is left to the full path, which reports it.
         """
         if not plan.codings:
-            return untouched(self.policy, body, plan.charset)
-        if len(plan.codings) != 1 or output_coding(plan.codings, self.reencode) != plan.codings[0]:
-            return False
-        decoded = decode_whole(body, plan.codings[0], UNREAD_DECODED)
-        return decoded is not None and untouched(self.policy, decoded, plan.charset)
+            unread = untouched(self.policy, body, plan.charset)
+        elif len(plan.codings) != 1 or output_coding(plan.codings, self.reencode) != plan.codings[0]:
+            unread = False
+        else:
+            decoded = decode_whole(body, plan.codings[0], UNREAD_DECODED)
+            unread = decoded is not None and untouched(self.policy, decoded, plan.charset)
+        if unread:
+            self.engine.observer.pii_page(path, False)   # a full scan counts itself (``HTMLPass``)
+        return unread
 
     def html_changes(self, etag: str | None, cache_control: str | None, codings: tuple[str, ...]) -> HeaderChanges:
         """The header fixes for an HTML body that goes through the rewriter (see ``guard.pii.response``)."""
@@ -386,6 +390,7 @@ class HTMLPass:
         if tokenizer is not None and page is not None:
             page.codec_of = lambda: rw.codec
         self._body = BodyTransform(rw, plan.codings, reencode=runtime.reencode and not scan_only)
+        runtime.engine.observer.pii_page(path, True)
 
     def feed(self, chunk: bytes) -> bytes:
         return b"".join(self._body.feed(chunk))
