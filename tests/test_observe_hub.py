@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from guard.engine.decision import Action
 from guard.observe.hub import Observability
@@ -44,3 +45,26 @@ async def test_from_config_wires_the_engine_and_follows_its_state(tmp_path: Path
     finally:
         await obs.close()
         await engine.close()
+
+
+def test_pages_reach_only_the_observers_that_count_them(caplog: Any) -> None:
+    from guard.observe.events import NullObserver
+    from guard.observe.hub import _Fanout
+
+    class Broken(NullObserver):
+        def pii_page(self, path: str, scanned: bool) -> None:
+            raise RuntimeError("observer bug")
+
+    class Counting(NullObserver):
+        def __init__(self) -> None:
+            self.pages: list[tuple[str, bool]] = []
+
+        def pii_page(self, path: str, scanned: bool) -> None:
+            self.pages.append((path, scanned))
+
+    counting, quiet = Counting(), NullObserver()
+    fan = _Fanout(quiet, Broken(), counting)
+    assert len(fan._pii_page) == 2            # the no-op is not called once per page
+    fan.pii_page("/help", False)               # a failing observer is logged, the next still counts
+    assert counting.pages == [("/help", False)]
+    assert "observer Broken failed" in caplog.text

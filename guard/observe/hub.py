@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from guard.config import Config, StoreConfig
 from guard.observe.decisionlog import DecisionLog
-from guard.observe.events import Fanout, Observer, RequestEvent
+from guard.observe.events import Fanout, NullObserver, Observer, RequestEvent
 from guard.observe.ledger import Ledger, LedgerBackend, make_backend
 from guard.observe.live import LiveView
 from guard.observe.metrics import Metrics
@@ -46,12 +46,23 @@ class _Fanout(Fanout):
     def __init__(self, *observers: Observer) -> None:
         super().__init__(*observers)
         self._request = [o.request for o in observers]
+        # once per HTML page: only the observers that count pages (NullObserver's is a no-op)
+        self._pii_page = [
+            o.pii_page for o in observers if getattr(type(o), "pii_page", None) is not NullObserver.pii_page
+        ]
 
     def request(self, event: RequestEvent) -> None:
         for call in self._request:
             try:
                 call(event)
             except Exception:  # an observer bug must never fail a request
+                log.exception("observer %s failed", type(getattr(call, "__self__", call)).__name__)
+
+    def pii_page(self, path: str, scanned: bool) -> None:
+        for call in self._pii_page:
+            try:
+                call(path, scanned)
+            except Exception:  # as for ``request``
                 log.exception("observer %s failed", type(getattr(call, "__self__", call)).__name__)
 
 
