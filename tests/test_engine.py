@@ -356,3 +356,54 @@ async def test_a_challenged_login_counts_once_for_the_attack_detector(tmp_path: 
         assert failures == counted
     finally:
         await eng.close()
+
+
+SPLIT_RULES = """
+rules:
+  - id: watch-allow
+    description: would allow the office (shadow mode, watched and never applied)
+    when: {ip: 198.51.100.0/24}
+    action: allow
+    mode: shadow
+  - id: admin-path
+    description: no one gets /admin
+    when: {path: {prefix: /admin}}
+    action: block
+  - id: allow-office
+    description: office
+    when: {ip: 203.0.113.0/24}
+    action: allow
+  - id: many-users
+    description: many usernames from one ip
+    when:
+      velocity: {key: ip, metric: distinct_usernames, window: 10m, over: 1}
+    action: block
+"""
+
+
+async def test_rule_set_splits_each_phase_into_enforced_allows_and_the_rest(tmp_path: Path) -> None:
+    """The engine tries only enforced allow rules first, and gives ``decide`` only the others:
+    a shadow allow rule allows nothing, and rule order within each part is load order."""
+    engine = Engine(make_config(tmp_path, rules=SPLIT_RULES), MemoryStore("t:", 10_000, 1000), VirtualClock(),
+                    secret=b"k" * 32)
+    await engine.start()
+    try:
+        rs = engine.rt.rules
+        assert [r.id for r in rs.request_allows] == ["allow-office"]
+        assert [r.id for r in rs.request_judged] == ["admin-path"]
+        assert [r.id for r in rs.login_allows] == []
+        assert [r.id for r in rs.login_judged] == ["many-users"]
+        # the shadow allow rule does not let its subnet into /admin, nor past the login rule
+        d = await engine.on_request(RequestFacts(client_ip="198.51.100.7", method="GET", path="/admin/x"))
+        assert d.action is Action.BLOCK and d.reason_ids() == ["admin-path"]
+        await login(engine, "198.51.100.7", "a")
+        d, _ = await login(engine, "198.51.100.7", "b")
+        assert d.action is Action.BLOCK and d.reason_ids() == ["many-users"]
+        # the enforced one does, in both phases
+        d = await engine.on_request(RequestFacts(client_ip="203.0.113.5", method="GET", path="/admin/x"))
+        assert d.action is Action.ALLOW and d.reason_ids() == ["allow-office"]
+        await login(engine, "203.0.113.5", "a")
+        d, _ = await login(engine, "203.0.113.5", "b")
+        assert d.action is Action.ALLOW
+    finally:
+        await engine.close()

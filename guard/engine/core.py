@@ -224,7 +224,7 @@ class Engine:
                 req.scratch = LoginState(rt.logins.endpoints[req.login])
             return PASS
         ctx = self._context(req, rt, geo=rt.rules.needs_geo_request)
-        allowed = first_allow(rules, ctx)
+        allowed = first_allow(rt.rules.request_allows, ctx)
         if allowed is not None:
             decision = allow_verdict(*allowed).decision
             if req.login is not None:
@@ -233,7 +233,7 @@ class Engine:
         ban = self.bans.lookup(req.client_ip)
         if ban is not None:
             return self._finish(_banned(ban))
-        matches = match(rules, ctx)
+        matches = match(rt.rules.request_judged, ctx)
         if req.login is not None:
             req.scratch = LoginState(rt.logins.endpoints[req.login], ctx=ctx, request_matches=matches)
         verdict = decide(matches, rt.scoring, self.shadow)
@@ -300,8 +300,7 @@ class Engine:
         detector = dict(zip(_DETECTOR_READS, tail, strict=True)) if tail else {}
         attack_now = await self._attack_state(ctx, detector)
         ctx.attack = attack_now
-        rules = rt.rules.login_rules
-        allowed = first_allow(rules, ctx)
+        allowed = first_allow(rt.rules.login_allows, ctx)
         if allowed is not None:
             return allow_verdict(*allowed).decision
         banned = results[0]
@@ -309,7 +308,7 @@ class Engine:
             if ban is not None:
                 self.bans.put(ban)
                 return self._finish(_banned(ban))
-        verdict = decide([*state.request_matches, *match(rules, ctx)], rt.scoring, self.shadow)
+        verdict = decide([*state.request_matches, *match(rt.rules.login_judged, ctx)], rt.scoring, self.shadow)
         decision = await self._apply(verdict, ctx)
         if decision.action is Action.CHALLENGE and ctx.device_known and not decision.shadow:
             # a browser that passed a challenge for this account lately skips it (devices.idle)

@@ -20,6 +20,8 @@ load-time ``load_aliases``, which reads one file.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import hmac
 import unicodedata
 from collections.abc import Mapping
@@ -134,11 +136,24 @@ def load_aliases(path: str | Path) -> dict[str, str]:
 # that, a user whose password equals their username would show equal digests in the store.
 
 def _digest(secret: bytes, purpose: bytes, text: str) -> str:
+    mac = _keyed(secret).copy()
+    # surrogatepass: JSON bodies can carry lone surrogates ("\ud800"), which strict UTF-8 refuses.
+    mac.update(purpose + b"\x00" + text.encode("utf-8", "surrogatepass"))
+    return mac.hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 with the key already set, to be copied for each message.
+
+    Why: a login takes two digests, and ``hmac.digest`` sets the key up each time (with
+    OpenSSL 3 it also looks the algorithm up): 4.0 us a digest, against 2.6 us for a copy
+    of a keyed object (measured in-process).  The result is the same HMAC.  A process
+    holds one secret, or a few across reloads, hence the small cache.
+    """
     if len(secret) < MIN_SECRET:
         raise ValueError(f"the HMAC secret must be at least {MIN_SECRET} bytes")
-    # surrogatepass: JSON bodies can carry lone surrogates ("\ud800"), which strict UTF-8 refuses.
-    message = purpose + b"\x00" + text.encode("utf-8", "surrogatepass")
-    return hmac.digest(secret, message, "sha256").hex()[:32]
+    return hmac.new(secret, digestmod=hashlib.sha256)
 
 
 def username_key(secret: bytes, normalized: str) -> str:

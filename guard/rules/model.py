@@ -135,6 +135,20 @@ class RuleSet:
     needs_attack: bool = False
     needs_geo_request: bool = False
     files: tuple[str, ...] = field(default=())
+    # Each phase's rules in two parts, in load order: the enforced allow rules, tried first
+    # (``first_allow``), and the rules ``decide`` can use (every action but allow).  Every
+    # request goes through both lists, so the split is made once per rule set, not per test.
+    request_allows: tuple[Rule, ...] = field(init=False, default=())
+    request_judged: tuple[Rule, ...] = field(init=False, default=())
+    login_allows: tuple[Rule, ...] = field(init=False, default=())
+    login_judged: tuple[Rule, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        for phase, rules in (("request", self.request_rules), ("login", self.login_rules)):
+            allows = tuple(r for r in rules if r.action is Action.ALLOW and not r.shadow)
+            judged = tuple(r for r in rules if r.action is not Action.ALLOW)
+            object.__setattr__(self, f"{phase}_allows", allows)
+            object.__setattr__(self, f"{phase}_judged", judged)
 
     @classmethod
     def build(cls, rules: list[Rule], files: tuple[str, ...] = ()) -> RuleSet:

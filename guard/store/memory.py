@@ -616,22 +616,24 @@ class MemoryStore:
         out: list[Any] = []
         append = out.append
         for op in ops:
-            if isinstance(op, GetBans):
+            if type(op) is GetBans:
                 until = self._ban_until
                 append([self._ban(s, u) if (u := until.get(s)) is not None and u > now else None
                         for s in op.subjects])
                 continue
-            part = parts[hash(op.key) & mask] if mask else parts[0]
+            # every op but GetBans (handled above: ``type`` is cheaper than ``isinstance``) has a key
+            part = parts[hash(op.key) & mask] if mask else parts[0]  # type: ignore[union-attr]
             if now >= part.next_due:
                 part.sweep(now, _SWEEP_BUDGET)
-            if type(op) is Hit:
-                append(part.hit(op, now))
-            elif type(op) is AddDistinct:
+            # most frequent first: a login's batch is mostly distinct sets, counts and reads
+            if type(op) is AddDistinct:
                 append(part.add_distinct(op, now))
-            elif type(op) is Get:
-                append(part.get(op.key, now, take=False))
             elif type(op) is Count:
                 append(part.count(op, now))
+            elif type(op) is Get:
+                append(part.get(op.key, now, take=False))
+            elif type(op) is Hit:
+                append(part.hit(op, now))
             elif type(op) is CountDistinct:
                 append(part.count_distinct(op, now))
             elif type(op) is Incr:
