@@ -434,6 +434,23 @@ async def test_pii_swap_with_the_store_down_is_a_503_not_blank_fields(
     assert sub.response is not None and sub.response.status_code == 503
 
 
+@pytest.mark.parametrize("coding", ["", "gzip"])
+async def test_a_page_with_nothing_to_change_keeps_its_validators(guard: Guard, coding: str) -> None:
+    """As in ``guard run``: a page passed on unread goes out in the upstream's bytes with its
+    ETag and caching; only ranges stay off.  A page with PII loses both (test above)."""
+    clean = CONTACT.replace(PHONE.encode(), b"")
+    answer = html_answer(clean, coding)
+    sent = answer.raw_content
+    f = await guard.exchange(make_flow("/contact"), answer)
+    resp = f.response
+    assert resp is not None and resp.status_code == 200
+    assert resp.raw_content == sent and resp.get_content() == clean   # not re-encoded either
+    assert resp.headers["ETag"] == '"v1"' and resp.headers["Cache-Control"] == "public"
+    assert resp.headers["Accept-Ranges"] == "none" and "Set-Cookie" not in resp.headers
+    assert resp.headers["Content-Length"] == str(len(resp.raw_content or b""))
+    await guard.addon.done()
+
+
 async def test_a_page_that_does_not_decode_is_a_502_not_its_pii(guard: Guard) -> None:
     broken = raw_answer([(b"Content-Type", b"text/html"), (b"Content-Encoding", b"gzip")], b"not gzip" + CONTACT)
     f = await guard.exchange(make_flow("/contact"), broken)

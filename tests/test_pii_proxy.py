@@ -53,6 +53,9 @@ SJIS_PAGE = (
 BLOB = random.Random(5).randbytes(200_000)
 CLEAN = PAGE.replace(PHONE.encode(), b"").replace(UID.encode(), b"").replace(EMAIL.encode(), b"")
 CLEAN_GZ, CLEAN_BR = gzip.compress(CLEAN, mtime=0), brotli.compress(CLEAN)
+# what a cacheable legacy page carries (``/clean`` and ``/plain``, and the same fields once more)
+CACHING = {"Cache-Control": "public, max-age=60", "Last-Modified": "Tue, 24 Nov 2026 09:00:00 GMT",
+           "Content-MD5": "pinned-by-the-upstream"}
 API = json.dumps({"user": {"phone": PHONE, "nick": "taro"}, "id": 7}).encode()
 OTHER_API = json.dumps({"user": {"nick": "taro"}, "tel": PHONE}).encode()
 
@@ -100,6 +103,7 @@ class Shop:
         app.router.add_get("/api/other", self.api)
         app.router.add_route("*", "/echo", self.echo)
         app.router.add_get("/ranged", self.ranged)
+        app.router.add_get("/clean", self.clean)
         app.router.add_get("/clean.gz", self.clean_gzip)
         app.router.add_get("/clean.br", self.clean_br)
         app.router.add_get("/excluded/ranged", self.ranged)
@@ -116,6 +120,9 @@ class Shop:
     @staticmethod
     def _page(body: bytes, ctype: str = "text/html; charset=utf-8", **headers: str) -> web.Response:
         return web.Response(body=body, headers={"Content-Type": ctype, "ETag": '"v1"', **headers})
+
+    async def clean(self, request: web.Request) -> web.Response:
+        return self._page(CLEAN, **CACHING)
 
     async def clean_gzip(self, request: web.Request) -> web.Response:
         return self._page(CLEAN_GZ, **{"Content-Encoding": "gzip"})
@@ -134,7 +141,7 @@ class Shop:
             "Content-Type": "text/html; charset=utf-8", "Content-Range": f"bytes {a}-{b}/{len(PAGE)}"})
 
     async def plain(self, request: web.Request) -> web.Response:
-        return self._page(PAGE, **{"Cache-Control": "public, max-age=60"})
+        return self._page(PAGE, **CACHING)
 
     async def gzip(self, request: web.Request) -> web.Response:
         return self._page(gzip.compress(PAGE), **{"Content-Encoding": "gzip"})
@@ -280,6 +287,29 @@ async def test_a_compressed_page_with_nothing_to_change_goes_out_in_its_own_byte
     assert headers["Content-Encoding"] == coding and headers["Content-Length"] == str(len(raw))
     assert "Set-Cookie" not in headers and rec.pii_events == []
     assert rec.pages == [(path, False)]   # counted as passed on unread (guard_pii_pages_total{scan="unread"})
+
+
+async def test_a_page_with_nothing_to_change_keeps_its_validators_and_caching(
+    make_guard: GuardFactory, shop: Shop, browser: aiohttp.ClientSession
+) -> None:
+    """A page passed on unread is the upstream's bytes, so its ETag, Last-Modified, caching and
+    digests still hold: browsers revalidate it with a 304 and shared caches may keep it.  The
+    same fields on a page the rewriter changes are removed or made private (tokens are bound to
+    one browser).  Range stays off for both: the path is one the policy rewrites."""
+    guard, rec = await started(make_guard, shop)
+    async with browser.get(guard.url("/clean")) as r:
+        assert await r.read() == CLEAN
+        headers = r.headers
+    assert headers["ETag"] == '"v1"' and headers["Last-Modified"] == CACHING["Last-Modified"]
+    assert headers["Cache-Control"] == "public, max-age=60" and headers["Content-MD5"] == CACHING["Content-MD5"]
+    assert headers["Accept-Ranges"] == "none" and headers["Content-Length"] == str(len(CLEAN))
+    assert "Set-Cookie" not in headers and rec.pages == [("/clean", False)]
+    async with browser.get(guard.url("/plain")) as r:
+        page = await r.read()
+        headers = r.headers
+    assert no_pii(page) and rec.pages[-1] == ("/plain", True)
+    assert "ETag" not in headers and "Last-Modified" not in headers and "Content-MD5" not in headers
+    assert headers["Cache-Control"] == "private, max-age=60" and headers["Accept-Ranges"] == "none"
 
 
 async def test_non_html_is_streamed_byte_identical(

@@ -44,6 +44,7 @@ from guard.observe.decisionlog import clean_path
 from guard.pii.encoding import DecodeError
 from guard.pii.flow import HTMLPass, Kind, PIIRuntime, Plan, issued_cookie
 from guard.pii.report import Skip
+from guard.pii.response import UNTOUCHED
 from guard.pii.vault import PageTokens
 
 if TYPE_CHECKING:
@@ -92,7 +93,6 @@ class PIIFlow(PIIRuntime):
         page = self.page(request.headers.getall("Cookie", []), facts.scheme == "https")
         if plan.kind is Kind.JSON:
             return JSONRewrite(self, facts.path, up, resp, plan.codings, page)
-        self.html_changes(headers.get("ETag"), headers.get("Cache-Control"), plan.codings).apply(headers)
         return HTMLRewrite(self, facts.path, request, up, resp, plan, page)
 
     # ---- submissions --------------------------------------------------------------------------
@@ -172,19 +172,23 @@ class HTMLRewrite(Rewrite):
         return self._pass
 
     async def start(self, first: bytes) -> bytes:
+        headers = self.resp.headers
         if not self.up.content.at_eof():
             # Streamed: the head leaves before we know whether tokens follow, so the
             # browser gets its vault cookie now.
+            self._fix_headers()
             cookie = self.page.cookie if self.page is not None else None
             if cookie is not None:
-                self.resp.headers.add("Set-Cookie", cookie)
+                headers.add("Set-Cookie", cookie)
             return first
         # The whole body is here (most pages): rewrite it now, so the head can say
         # Content-Length and carry the cookie only when the page holds tokens.
         self._done = True
         if self.flow.unread(self._plan, first, self.path):
-            self.resp.headers["Content-Length"] = str(len(first))
+            UNTOUCHED.apply(headers)   # the upstream's bytes: its validators still hold
+            headers["Content-Length"] = str(len(first))
             return first
+        self._fix_headers()
         scan = self._rewriter()
         out = self._run(scan.close, first)
         cookie = issued_cookie(self.page)
@@ -194,6 +198,11 @@ class HTMLRewrite(Rewrite):
         await scan.flush()
         scan.finished()
         return out
+
+    def _fix_headers(self) -> None:
+        """The head of a body that goes through the rewriter (``guard.pii.response``)."""
+        headers = self.resp.headers
+        self.flow.html_changes(headers.get("ETag"), headers.get("Cache-Control"), self._plan.codings).apply(headers)
 
     def _run(self, step: Callable[[bytes], bytes], data: bytes) -> bytes:
         try:

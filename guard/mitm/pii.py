@@ -33,6 +33,7 @@ from guard.mitm.messages import MutableFields, set_raw
 from guard.observe.decisionlog import clean_path
 from guard.pii.encoding import DecodeError
 from guard.pii.flow import HTMLPass, Kind, PIIRuntime, Plan, issued_cookie
+from guard.pii.response import UNTOUCHED
 
 if TYPE_CHECKING:
     from guard.engine import RequestFacts
@@ -75,7 +76,10 @@ async def rewrite(pii: PIIRuntime, facts: RequestFacts, req: http.Request, resp:
         changes = pii.json_changes(headers.get("ETag"), headers.get("Cache-Control"), how.codings)
     else:
         if pii.unread(how, raw, path):
-            new = raw   # a page the policy cannot change (``rewriter.untouched``): not read
+            # a page the policy cannot change (``rewriter.untouched``): not read, and its
+            # validators still describe the bytes that go out
+            UNTOUCHED.apply(MutableFields(headers))
+            return True
         else:
             rewriting = HTMLPass(pii, path, how, page)
             try:

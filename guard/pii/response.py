@@ -17,6 +17,15 @@ value turns out to need replacing:
   ``Repr-Digest``) go, and ``Accept-Ranges: none``: byte ranges of a rewritten
   body are not ranges of the upstream's, so range requests must not be answered
   from it (206 responses are never rewritten).
+
+A whole page that the policy cannot change (``rewriter.untouched``) is known
+before its head leaves, and goes out in the upstream's bytes: it keeps the
+upstream's validators, caching fields and digests, which all still describe
+those bytes (``UNTOUCHED``).  Only ``Accept-Ranges: none`` is set, since range
+requests for the path are still dropped (``PIIRuntime.whole_only``).  Without
+this, every page of a site lost its ``ETag`` and became ``private``, so nothing
+was ever revalidated with a 304 or held by a shared cache.  A page that streams,
+or that the rewriter changes, gets the changes above.
 """
 
 from __future__ import annotations
@@ -87,6 +96,10 @@ class HeaderChanges:
             headers.popall(name, None)
         for name, value in self.set:
             headers[name] = value
+
+
+UNTOUCHED = HeaderChanges((), (("Accept-Ranges", "none"),))
+"""The header changes for a whole HTML page passed on unread (see the module docstring)."""
 
 
 class MutableHeaders(Protocol):
