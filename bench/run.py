@@ -622,9 +622,7 @@ class Bench:
             redis_url=self.redis_url,
             name=name,
         )
-        # GUARD_* variables override config keys (listen, upstream, ...): keep them out.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GUARD_")}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        env = guard_env()
         cmd = [sys.executable, "-m", "guard", "run", "-c", str(cfg)]
         if variant.workers > 1:
             cmd += ["--workers", str(variant.workers)]
@@ -652,6 +650,14 @@ class Bench:
             tail = " | ".join(ln.strip() for ln in spawned.log_tail(lines=3).splitlines() if ln.strip())
             self.procs.stop(spawned)
             raise TargetUnavailable(f"{what}: {err}" + (f": {tail}" if tail else ""))
+
+
+def guard_env() -> dict[str, str]:
+    """The environment of a guard the bench starts: this checkout's package, and no ``GUARD_*``
+    variables, which override config keys (listen, upstream, ...)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARD_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def wait_workers(spawned: Spawned, workers: int, port: int, timeout: float) -> str | None:

@@ -412,8 +412,7 @@ def start(
             f"limits.max_connections: {args.guard_max_connections} (below the {args.overload_connections} "
             "clients of the overload, so the guard's admission limit is what bounds its queue)"
         )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARD_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(R.REPO), env.get("PYTHONPATH", "")) if p)
+    env = R.guard_env()
     cmd = [sys.executable, "-m", "guard", "run", "-c", str(cfg)]
     if args.workers > 1:
         cmd += ["--workers", str(args.workers)] + (["--allow-split-state"] if args.store == "memory" else [])

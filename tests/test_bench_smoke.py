@@ -358,3 +358,37 @@ def test_bench_decisions_replays_untimed_for_an_instruction_counter() -> None:
         check=True, capture_output=True, text=True, timeout=120,
     )
     assert done.stdout == ""     # nothing timed, nothing printed: the counter sees the decisions alone
+
+
+def test_instructions_arithmetic_and_callgrind_output() -> None:
+    import instructions as ins
+
+    # run A served 100 requests in 10 s; run B served none; run C idled 20 s and ran 2 M more
+    c = ins.Count("guard", "/page", 100, with_requests=151_000_000, bare=40_000_000, idle=42_000_000,
+                  idle_s=20.0, requests_s=10.0)
+    assert c.idle_per_s == 100_000.0
+    assert c.per_request == (151_000_000 - 40_000_000 - 1_000_000) / 100   # the idle timers taken out
+    with pytest.raises(ValueError):
+        ins.per_request(1, 1, 0.0, 0.0, 0)
+    log = "==7646== Events    : Ir\n==7646== Collected : 4665068552\n==7646==\n==7646== I   refs:      4,665,068,552\n"
+    assert ins.refs(log) == 4_665_068_552
+    with pytest.raises(RuntimeError):
+        ins.refs("Killed\n")
+    assert "1.50x the instructions" in ins.report([
+        ins.Count("baseline", "/page", 10, 30, 10, 10, 1.0, 1.0), ins.Count("guard", "/page", 10, 40, 10, 10, 1.0, 1.0)])
+
+
+@pytest.mark.slow
+def test_instructions_counts_the_baseline_under_callgrind(tmp_path: Path) -> None:
+    out = tmp_path / "ins.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "instructions.py"), "--targets", "baseline", "--requests", "20",
+         "--idle", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (count,) = json.loads(out.read_text())
+    assert count["target"] == "baseline" and count["requests"] == 20 and count["requests_s"] > 0
+    # a proxied GET is some hundreds of thousands of instructions (472 k at 1,000 requests)
+    assert 50_000 < count["per_request"] < 5_000_000, count
+    assert count["with_requests"] > count["bare"] > 0
