@@ -79,19 +79,19 @@ async def rewrite(pii: PIIRuntime, facts: RequestFacts, req: http.Request, resp:
             # a page the policy cannot change (``rewriter.untouched``): not read, and its
             # validators still describe the bytes that go out
             UNTOUCHED.apply(MutableFields(headers))
+            set_raw(resp, raw)
             return True
-        else:
-            rewriting = HTMLPass(pii, path, how, page)
-            try:
-                new = rewriting.close(raw)
-            except DecodeError as exc:
-                pii.skip(path, "decode-error", warn=False)
-                pii.warn_once(
-                    "decode", "pii: %s: upstream body does not decode (%s); answered 502", clean_path(path), exc
-                )
-                return False
-            await rewriting.flush()
-            rewriting.finished()
+        rewriting = HTMLPass(pii, path, how, page)
+        try:
+            new = rewriting.close(raw)
+        except DecodeError as exc:
+            pii.skip(path, "decode-error", warn=False)
+            pii.warn_once(
+                "decode", "pii: %s: upstream body does not decode (%s); answered 502", clean_path(path), exc
+            )
+            return False
+        await rewriting.flush()
+        rewriting.finished()
         changes = pii.html_changes(headers.get("ETag"), headers.get("Cache-Control"), how.codings)
     changes.apply(MutableFields(headers))
     set_raw(resp, new)
