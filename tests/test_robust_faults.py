@@ -473,8 +473,10 @@ async def test_upstream_down_then_back_recovers_without_a_restart(
     make_guard: GuardFactory, client: ClientSession
 ) -> None:
     port = free_port()
-    g = await make_guard(f"http://127.0.0.1:{port}")
+    # The upstream binds first: the guard's own listeners take ports too, and one of them could
+    # be the port just found free (seen once in CI: "address already in use").
     async with serving(Upstream(), port):
+        g = await make_guard(f"http://127.0.0.1:{port}")
         async with client.get(g.url("/a")) as resp:
             assert resp.status == 200          # a pooled keep-alive connection now exists
     async with client.get(g.url("/b")) as resp:
