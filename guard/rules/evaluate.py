@@ -60,12 +60,13 @@ def match(rules: Iterable[Rule], ctx: Context) -> list[tuple[Rule, Values]]:
     return out
 
 
-def first_allow(rules: Iterable[Rule], ctx: Context) -> tuple[Rule, Values] | None:
-    for rule in rules:
-        if rule.action is Action.ALLOW and not rule.shadow:
-            values = rule.condition.test(ctx)
-            if values is not None:
-                return rule, values
+def first_allow(allows: Iterable[Rule], ctx: Context) -> tuple[Rule, Values] | None:
+    """The first of ``allows``, the enforced allow rules (``RuleSet.request_allows`` or
+    ``login_allows``, which ``RuleSet`` selects), whose condition holds."""
+    for rule in allows:
+        values = rule.condition.test(ctx)
+        if values is not None:
+            return rule, values
     return None
 
 
