@@ -66,21 +66,37 @@ def find_redis_cli(server: str | None = None) -> str:
     return str(exe)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+CLUSTER_MAX_PORT = 55535
+"""A cluster node's bus listens on its port + 10,000, so redis-server refuses a node port above this."""
+
+
+def free_port(highest: int = 65535) -> int:
+    """A port free on 127.0.0.1 now, at most ``highest``.
+
+    The kernel draws from its ephemeral range (32768-60999 on Linux by default), so a cluster
+    node, which needs one at most ``CLUSTER_MAX_PORT``, may have to draw a few times.
+    """
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port <= highest:
+            return port
+    raise RuntimeError(f"no free port at most {highest}")
 
 
 class RedisServer:
     """One redis-server process; ``kill`` and ``start`` may alternate, the port stays."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, port: int | None = None, binary: str | None = None, extra_args: Sequence[str] = (),
+        highest_port: int = 65535,
+    ) -> None:
         self.binary = binary or find_redis_server()
         self.extra_args = tuple(extra_args)     # e.g. cluster or replication options
         self._fixed_port = port is not None
-        self.port = port if port is not None else free_port()
+        self._highest_port = highest_port
+        self.port = port if port is not None else free_port(highest_port)
         self._dir = tempfile.TemporaryDirectory(prefix="loginguard-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -107,7 +123,7 @@ class RedisServer:
             self.kill()
             if self._fixed_port or attempt == 2:
                 break
-            self.port = free_port()   # lost a race for the port: pick another
+            self.port = free_port(self._highest_port)   # lost a race for the port: pick another
         raise RuntimeError(f"redis-server did not start on port {self.port}: {self._log_tail()}")
 
     def kill(self) -> None:
@@ -230,7 +246,9 @@ class LocalCluster:
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", "3000",
         )
-        self.nodes = [RedisServer(binary=binary, extra_args=options) for _ in range(masters)]
+        self.nodes = [
+            RedisServer(binary=binary, extra_args=options, highest_port=CLUSTER_MAX_PORT) for _ in range(masters)
+        ]
 
     @property
     def url(self) -> str:

@@ -41,7 +41,7 @@ from guard.store import (
     make_store,
 )
 from guard.store.cluster import GLOBAL_SLOT, slot_of
-from tests.redisserver import LocalCluster, RedisServer, shared_cluster
+from tests.redisserver import CLUSTER_MAX_PORT, LocalCluster, RedisServer, free_port, shared_cluster
 
 W = 60.0
 T0 = 1_700_000_004.0
@@ -280,3 +280,11 @@ def test_make_store_picks_the_cluster_store_from_the_url(cluster: LocalCluster) 
         RedisStore(cluster.url)
     with pytest.raises(ValueError, match="redis\\+cluster"):
         RedisClusterStore("redis://127.0.0.1:6379/0")
+
+
+def test_cluster_nodes_get_ports_their_bus_can_follow() -> None:
+    """A node's bus port is its port + 10,000: redis-server refuses a node above 55535, and the
+    kernel's ephemeral range goes to 60999 (seen in CI: seven tests failed at setup)."""
+    assert all(free_port(CLUSTER_MAX_PORT) <= CLUSTER_MAX_PORT for _ in range(200))
+    with RedisServer(extra_args=("--cluster-enabled", "yes"), highest_port=CLUSTER_MAX_PORT) as node:
+        assert node.port <= CLUSTER_MAX_PORT and node.ping()   # started: redis-server took the port
