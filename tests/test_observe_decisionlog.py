@@ -162,6 +162,26 @@ async def test_a_row_that_will_not_encode_is_dropped_and_the_log_goes_on(tmp_pat
     assert log.dropped == 2
 
 
+async def test_what_the_fast_encoder_refuses_is_written_escaped(tmp_path: Path) -> None:
+    """orjson refuses a lone surrogate and an integer beyond 64 bits; the line is still written,
+    as valid JSON, by the stdlib encoder with escapes, and reads back to the same values."""
+    bad = event(path="/ok")
+    reason = Reason("odd", "detail \udcff from obs-text", 1.0, {"huge": 2**70})
+    odd = dataclasses.replace(bad, decision=Decision(Action.BLOCK, (reason,), status=403))
+    log = DecisionLog(DecisionLogSettings(path=tmp_path / "d.log"))
+    log.request(odd)
+    log.request(event(path="/plain", country="日本"))
+    await log.close()
+    raw = (tmp_path / "d.log").read_bytes()
+    raw.decode("utf-8")  # strict: every line is valid UTF-8
+    first, second = lines(tmp_path / "d.log")
+    assert first["reasons"] == [{"rule": "odd", "detail": "detail \udcff from obs-text", "score": 1.0,
+                                 "values": {"huge": 2**70}}]
+    assert second["path"] == "/plain" and second["country"] == "日本"
+    assert "日本".encode() in raw  # the common path writes UTF-8 as it is, not \\u escapes
+    assert log.dropped == 0
+
+
 async def test_full_queue_drops_and_counts() -> None:
     dropped: list[int] = []
     stream = io.StringIO()

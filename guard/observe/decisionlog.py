@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from guard.engine.decision import Reason
 from guard.observe.events import NullObserver, RequestEvent
 from guard.observe.settings import DecisionLogSettings
@@ -45,7 +47,21 @@ log = logging.getLogger("guard.observe.decisionlog")
 MAX_PATH = 512
 MAX_TEXT = 200
 _EMAIL = re.compile(r"[^/]*(?:@|%40)[^/]*", re.IGNORECASE)
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ascii_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def _dumps(entry: dict[str, object]) -> bytes:
+    """Compact JSON in UTF-8.
+
+    orjson, not ``json``: a line per request is encoded, and ``json`` took about 5 us of the
+    9 us a line cost (orjson: 0.4 us).  The stdlib encoder stays as the fallback for what
+    orjson refuses (a lone surrogate in a string, an integer beyond 64 bits): it escapes
+    them instead, so a line is never lost to its content.
+    """
+    try:
+        return orjson.dumps(entry)
+    except orjson.JSONEncodeError:
+        return _ascii_dumps(entry).encode("ascii")
 
 # (ts, ip, method, host, path, status, action, shadow, login, outcome, user, country, asn, score,
 #  reasons, upstream_s, overhead_s): plain values only, so the request objects are not kept alive.
@@ -108,7 +124,7 @@ def _reason(r: Reason) -> dict[str, object]:
     return out
 
 
-def encode_row(row: Row, with_user: bool, pid: int) -> str:
+def encode_row(row: Row, with_user: bool, pid: int) -> bytes:
     """One JSON line: stable field names (dashboards and index mappings depend on them)."""
     (ts, ip, method, host, path, status, action, shadow, login, outcome, user, country, asn, score,
      reasons, upstream_s, overhead_s) = row
@@ -137,7 +153,7 @@ def encode_row(row: Row, with_user: bool, pid: int) -> str:
     return _dumps(entry)
 
 
-def encode_ban(ts: float, subject: str, seconds: float, reason: str, removed: bool, pid: int) -> str:
+def encode_ban(ts: float, subject: str, seconds: float, reason: str, removed: bool, pid: int) -> bytes:
     return _dumps({
         "time": iso(ts), "ts": round(ts, 3), "event": "unban" if removed else "ban",
         "subject": _text(subject, 80), "seconds": seconds, "reason": _text(reason), "pid": pid,
@@ -256,7 +272,7 @@ class DecisionLog(NullObserver):
         self._lines: list[bytes] = []       # encoded rows, waiting for the writer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._encoding = False              # an _encode_some callback is queued
-        self._bans: list[str] = []
+        self._bans: list[bytes] = []
         self._cap = settings.queue
         self._with_user = settings.usernames == "hash"
         self._on_drop = on_drop
@@ -339,13 +355,13 @@ class DecisionLog(NullObserver):
 
     # ---- writing ----------------------------------------------------------------------------------------
 
-    def _encode(self, rows: list[Row], bans: list[str]) -> list[bytes]:
+    def _encode(self, rows: list[Row], bans: list[bytes]) -> list[bytes]:
         enc = encode_row
-        lines = [(enc(r, self._with_user, self._pid) + "\n").encode() for r in rows]
-        lines.extend((b + "\n").encode() for b in bans)
+        lines = [enc(r, self._with_user, self._pid) + b"\n" for r in rows]
+        lines.extend(b + b"\n" for b in bans)
         return lines
 
-    def _write(self, rows: list[Row], bans: list[str]) -> None:
+    def _write(self, rows: list[Row], bans: list[bytes]) -> None:
         self._write_lines(self._encode(rows, bans), len(rows), len(bans))
 
     def _write_lines(self, lines: list[bytes], n_rows: int, n_bans: int) -> None:
