@@ -66,6 +66,8 @@ def event(
     asn: int = 0,
     ts: float | None = None,
     shadow: bool = False,
+    upstream_s: float | None = None,
+    overhead_s: float = 0.00004,
     **req: Any,
 ) -> RequestEvent:
     facts = RequestFacts(client_ip=ip, method="POST" if login else "GET", path=path, login=login, **req)
@@ -77,7 +79,8 @@ def event(
         decision = Decision(action, reasons, status=status if action.blocks else 0, shadow=shadow)
     return RequestEvent(
         ts=time.time() if ts is None else ts, req=facts, decision=decision, status=status,
-        upstream_s=None if action.blocks else 0.012, overhead_s=0.00004, user_key=user_key,
+        upstream_s=upstream_s if upstream_s is not None else None if action.blocks else 0.012,
+        overhead_s=overhead_s, user_key=user_key,
         country=country, asn=asn,
     )
 

@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from guard.engine.decision import Action
-from guard.observe.metrics import Metrics, render
+from guard.observe import metrics as metrics_module
+from guard.observe.metrics import OVERHEAD_BUCKETS, UPSTREAM_BUCKETS, Metrics, render
 from tests.observe_fixtures import event
 
 IP = re.compile(r"\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f:]+")
@@ -99,6 +103,7 @@ for _ in range(int(sys.argv[1])):
     m.request(event(action=Action.BLOCK, rules=("admin-path",), status=403))
 m.set_bans_active(int(sys.argv[2]))
 m.attack(True, 1, 1, 1)
+m.flush()   # what a worker's Observability does every second and at close
 """
 
 
@@ -117,3 +122,57 @@ def test_multiprocess_two_writers_one_scrape(tmp_path: Path) -> None:
     # the files stay until the supervisor marks the process dead.  Either way the value is never summed.
     gauges = [v for (name, _), v in s.items() if name == "guard_bans_active"]
     assert all(v <= 3 for v in gauges)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.sampled_from(OVERHEAD_BUCKETS + UPSTREAM_BUCKETS),   # the bounds themselves: "le" is inclusive
+    st.floats(min_value=0.0, max_value=100.0, allow_nan=False),
+), max_size=60))
+def test_deferred_histograms_scrape_exactly_as_observed_ones(values: list[float]) -> None:
+    """The request path counts into plain numbers; after a flush the scrape is the one that
+    observing each value into prometheus-client's histograms gives, bucket for bucket."""
+    deferred = Metrics(multiproc=False)
+    direct = Metrics(multiproc=False)
+    for v in values:
+        deferred.request(event(upstream_s=v, overhead_s=v / 1000))
+        direct.requests.labels("pass", "2xx").inc()
+        direct.upstream_latency.observe(v)
+        direct.overhead.observe(v / 1000)
+    assert deferred._tallies, "the deferred path is in use with this prometheus-client"
+    got, want = samples(deferred.render().decode()), samples(direct.render().decode())
+    keys = [k for k in want if k[0].startswith(("guard_upstream_latency", "guard_overhead", "guard_requests"))]
+    for k in keys:
+        if k[0].endswith("_sum"):
+            assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), k
+        elif not k[0].endswith("_created"):
+            assert got.get(k, 0.0) == want[k], k
+
+
+def test_counts_wait_for_a_flush_and_a_scrape_flushes() -> None:
+    m = Metrics(multiproc=False)   # (a multiprocess folder here would switch the value class for the process)
+    for _ in range(3):
+        m.request(event(action=Action.BLOCK, rules=("admin-path",), status=403))
+    m.pii_page("/help", False)
+    before = samples(m.exposition().decode())
+    assert before.get(("guard_requests_total", (("action", "block"), ("status_class", "4xx"))), 0) == 0
+    m.flush()
+    m.flush()   # nothing new: adds nothing
+    after = samples(m.exposition().decode())
+    assert after[("guard_requests_total", (("action", "block"), ("status_class", "4xx")))] == 3
+    assert after[("guard_rule_hits_total", (("mode", "enforce"), ("rule", "admin-path")))] == 3
+    assert after[("guard_pii_pages_total", (("scan", "unread"),))] == 1
+    assert after[("guard_overhead_seconds_count", ())] == 3
+    m.request(event())
+    assert samples(m.render().decode())[("guard_requests_total", (("action", "pass"), ("status_class", "2xx")))] == 1
+
+
+def test_without_the_histogram_internals_each_value_is_observed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prometheus-client without ``_buckets``/``_sum`` gets plain ``observe`` calls, never wrong counts."""
+    monkeypatch.setattr(metrics_module._Tally, "usable", staticmethod(lambda hist: False))
+    m = Metrics(multiproc=False)
+    assert m._tallies == ()
+    m.request(event(upstream_s=0.02, overhead_s=0.0003))
+    s = samples(m.exposition().decode())   # no flush needed for the histograms
+    assert s[("guard_upstream_latency_seconds_bucket", (("le", "0.025"),))] == 1
+    assert s[("guard_overhead_seconds_bucket", (("le", "0.0005"),))] == 1

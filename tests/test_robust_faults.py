@@ -102,6 +102,7 @@ async def get(client: ClientSession, g: Guard, path: str, ip: str) -> int:
 def metric(g: Guard, name: str, **labels: str) -> float:
     obs = g.server.observability
     assert obs is not None
+    obs.metrics.flush()   # what a scrape does first
     return obs.metrics.registry.get_sample_value(name, labels) or 0.0
 
 

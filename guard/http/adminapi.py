@@ -181,7 +181,9 @@ async def _view(st: _State, recent: int = 2000) -> dict[str, Any]:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = await asyncio.to_thread(_state(request).deps.metrics.render)  # reads the mmap files: off the loop
+    metrics = _state(request).deps.metrics
+    metrics.flush()   # on the loop: the request path's counts are plain ints it owns
+    body = await asyncio.to_thread(metrics.exposition)  # reads the mmap files: off the loop
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
 

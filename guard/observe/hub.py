@@ -160,6 +160,7 @@ class Observability:
                 except Exception as exc:  # store down: keep the last value (store errors are counted apart)
                     log.debug("bans gauge not refreshed: %s", type(exc).__name__)
                 self.metrics.known_rules = frozenset(r.id for r in engine.rt.rules.rules)
+            self.metrics.flush()   # the request path's counts (``Metrics.flush``)
             if self._overload is not None:
                 self.metrics.overload(*self._overload())
             size = getattr(engine.store, "__len__", None)
@@ -177,6 +178,7 @@ class Observability:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll
             self._poll = None
+        self.metrics.flush()
         await self.share.close()
         if self.decision_log is not None:
             await self.decision_log.close()
