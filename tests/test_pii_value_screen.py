@@ -11,8 +11,10 @@ screen and without it.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import html
+import re
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -21,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guard.observe.events import NullObserver
-from guard.pii.detect import builtin_detectors, custom_detector, kinds_in, raw_screen
+from guard.pii.detect import SCREEN_ANY, builtin_detectors, custom_detector, kinds_in, raw_screen
 from guard.pii.element import TagPolicy
 from guard.pii.encoding import decode_whole
 from guard.pii.flow import UNREAD_DECODED, Kind, PIIRuntime, Plan
@@ -45,6 +47,37 @@ PIECES = [
 @st.composite
 def value(draw: st.DrawFn) -> str:
     return "".join(draw(st.lists(st.sampled_from(PIECES), max_size=14)))
+
+
+PLAIN_SCREEN = re.compile(b"|".join(
+    [SCREEN_ANY] + [d.screen for d in builtin_detectors() if d.screen is not None]  # type: ignore[attr-defined]
+))
+
+
+def test_the_screen_is_one_class_in_front_of_its_parts() -> None:
+    """The built-in screens fuse (a byte class first, so ``re`` skips to candidates in C);
+    a screen that is not "one byte, then a rest" keeps the plain alternation."""
+    assert SCREEN is not None and SCREEN.pattern.startswith(b"[")
+    quantified = custom_detector("digits", r"[0-9]{8}")
+    quantified = dataclasses.replace(quantified, screen=rb"[0-9]{8}")
+    plain = raw_screen([quantified])
+    assert plain is not None and plain.pattern == SCREEN_ANY + rb"|[0-9]{8}"
+    for odd in (rb"(?:a|b)c", rb"\dx", rb"[^a]b", rb"ab|c", rb"@+"):
+        det = dataclasses.replace(quantified, screen=odd)
+        got = raw_screen([det])
+        assert got is not None and got.pattern == SCREEN_ANY + b"|" + odd, odd
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=80) | st.lists(st.sampled_from(PIECES), max_size=14).map(
+    lambda xs: "".join(xs).encode("utf-8")), st.integers(0, 80), st.integers(0, 80))
+def test_the_fused_screen_finds_what_the_plain_alternation_finds(raw: bytes, start: int, end: int) -> None:
+    assert SCREEN is not None
+    fused = SCREEN.search(raw, start, end)
+    plain = PLAIN_SCREEN.search(raw, start, end)
+    assert (fused is None) == (plain is None)
+    if fused is not None and plain is not None:
+        assert fused.start() == plain.start()
 
 
 @settings(max_examples=3000, deadline=None)

