@@ -90,10 +90,11 @@ class PIIFlow(PIIRuntime):
             return None
         if plan.kind is Kind.DETECT:
             return HTMLDetect(self, facts.path, up, resp, plan)
-        page = self.page(request.headers.getall("Cookie", []), facts.scheme == "https")
         if plan.kind is Kind.JSON:
+            page = self.page(request.headers.getall("Cookie", []), facts.scheme == "https")
             return JSONRewrite(self, facts.path, up, resp, plan.codings, page)
-        return HTMLRewrite(self, facts.path, request, up, resp, plan, page)
+        # the page's tokens are set up only if its body is read (most pages go out unread)
+        return HTMLRewrite(self, facts.path, request, up, resp, plan, facts.scheme == "https")
 
     # ---- submissions --------------------------------------------------------------------------
 
@@ -156,18 +157,20 @@ class Rewrite:
 class HTMLRewrite(Rewrite):
     """HTML streams through ``HTMLPass`` (decoded and re-encoded around the rewriter), chunk by chunk."""
 
-    __slots__ = ("_done", "_pass", "_plan", "_request")
+    __slots__ = ("_done", "_pass", "_plan", "_request", "_secure")
 
     def __init__(self, flow: PIIFlow, path: str, request: web.BaseRequest, up: ClientResponse,
-                 resp: web.StreamResponse, plan: Plan, page: PageTokens | None) -> None:
-        super().__init__(flow, path, up, resp, page)
+                 resp: web.StreamResponse, plan: Plan, secure: bool) -> None:
+        super().__init__(flow, path, up, resp, None)
         self._request = request
         self._plan = plan
+        self._secure = secure
         self._pass: HTMLPass | None = None   # built when the body must be read
         self._done = False
 
     def _rewriter(self) -> HTMLPass:
         if self._pass is None:
+            self.page = self.flow.page(self._request.headers.getall("Cookie", []), self._secure)
             self._pass = HTMLPass(self.flow, self.path, self._plan, self.page)
         return self._pass
 
@@ -177,7 +180,8 @@ class HTMLRewrite(Rewrite):
             # Streamed: the head leaves before we know whether tokens follow, so the
             # browser gets its vault cookie now.
             self._fix_headers()
-            cookie = self.page.cookie if self.page is not None else None
+            page = self._rewriter().page
+            cookie = page.cookie if page is not None else None
             if cookie is not None:
                 headers.add("Set-Cookie", cookie)
             return first

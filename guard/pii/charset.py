@@ -19,6 +19,7 @@ map as browsers map them: ``shift_jis`` is Windows-31J (CP932), ``iso-8859-1`` a
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 
 from guard.pii.lexer import ATTR_RE, TAG_RE, WS
@@ -61,6 +62,12 @@ def resolve(label: str | bytes | None) -> str | None:
         return None
     if isinstance(label, bytes):
         label = label.decode("ascii", "replace")
+    return _resolve(label) if len(label) <= 64 else _resolve.__wrapped__(label)
+
+
+@functools.lru_cache(maxsize=128)
+def _resolve(label: str) -> str | None:
+    """``resolve`` for a text label, remembered: a site names one or two charsets, once per page."""
     key = label.strip().strip("\"'").lower()
     if not key or len(key) > 40:
         return None
