@@ -75,7 +75,7 @@ from __future__ import annotations
 import re
 
 from guard.pii import charset as charsets
-from guard.pii.detect import raw_screen
+from guard.pii.detect import RawScreen, raw_screen
 from guard.pii.element import FieldTokenizer, TagPolicy, Tokenizer
 from guard.pii.lexer import (
     ATTR_RE,
@@ -367,7 +367,7 @@ class HTMLRewriter:
                 return True
             if self._input_needle.search(tag) is None:
                 return False
-            return self._value_screen is None or self._value_screen.search(tag) is not None
+            return self._value_screen is None or self._value_screen.may_hold(tag)
         return self._attr_needle is not None and self._attr_needle.search(tag) is not None
 
     def _wants_tag(self, tag: bytes) -> bool:
@@ -491,19 +491,18 @@ def untouched(policy: Policy, body: bytes, charset: str | None) -> bool:
     low = body.lower()
     pos = low.find(b"<input")
     seen = 0
+    max_tag = policy.max_tag_bytes
     while pos >= 0:
         seen += 1
         m = TAG_RE.match(body, pos)
         if m is None or seen > _MAX_CANDIDATES:
             return False
         end = m.end()
-        if end - pos > policy.max_tag_bytes:
+        if end - pos > max_tag:
             return False
         # ``_input_needle`` ("hidden" in any case, or '&') read on the lowered copy: two
         # memchr-speed finds, where the case-blind regex tries every byte of the tag.
-        if (low.find(b"hidden", pos, end) >= 0 or low.find(b"&", pos, end) >= 0) and screen.search(
-            body, pos, end
-        ) is not None:
+        if (low.find(b"hidden", pos, end) >= 0 or low.find(b"&", pos, end) >= 0) and screen.may_hold(body[pos:end]):
             return False
         # The next position, not the tag's end: a "tag" read from inside a comment may
         # swallow the start of a real one.
@@ -514,6 +513,7 @@ def untouched(policy: Policy, body: bytes, charset: str | None) -> bool:
 _GT = re.compile(rb">")
 _MAX_CANDIDATES = 256
 """``untouched`` gives up past this many ``<input`` positions (each is matched on its own)."""
+
 _CDATA_END = re.compile(rb"]]>")
 
 
@@ -528,7 +528,7 @@ def _self_closing(tag: bytes) -> bool:
 
 
 _Patterns = tuple[
-    SkipDFA, SkipDFA, re.Pattern[bytes] | None, re.Pattern[bytes] | None, re.Pattern[bytes] | None
+    SkipDFA, SkipDFA, re.Pattern[bytes] | None, re.Pattern[bytes] | None, RawScreen | None
 ]
 _PATTERNS: dict[int, tuple[Policy, _Patterns]] = {}
 
@@ -572,7 +572,7 @@ def _input_needle(policy: Policy) -> re.Pattern[bytes] | None:
     return re.compile(rb"hidden|&", re.IGNORECASE) if scopes <= {Scope.HIDDEN} else None
 
 
-def _value_screen(policy: Policy) -> re.Pattern[bytes] | None:
+def _value_screen(policy: Policy) -> RawScreen | None:
     """For a policy that reads only hidden inputs by what detectors find: what a hidden input
     must contain for any selector to take its value (``detect.raw_screen``).
 
