@@ -68,3 +68,23 @@ def test_pages_reach_only_the_observers_that_count_them(caplog: Any) -> None:
     fan.pii_page("/help", False)               # a failing observer is logged, the next still counts
     assert counting.pages == [("/help", False)]
     assert "observer Broken failed" in caplog.text
+    assert fan._request == []                 # none of them reads requests: none is called per request
+
+
+def test_requests_reach_only_the_observers_that_read_them() -> None:
+    from guard.observe.events import NullObserver
+    from guard.observe.hub import _Fanout
+    from tests.observe_fixtures import event
+
+    class Reading(NullObserver):
+        def __init__(self) -> None:
+            self.seen = 0
+
+        def request(self, ev: Any) -> None:
+            self.seen += 1
+
+    reading = Reading()
+    fan = _Fanout(NullObserver(), reading, NullObserver())
+    assert fan._request == [reading.request]
+    fan.request(event())
+    assert reading.seen == 1

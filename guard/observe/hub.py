@@ -36,6 +36,10 @@ TICK = 1.0         # seconds between looks at the engine's attack flag (a proper
 BANS_EVERY = 10    # ticks between refreshes of guard_bans_active from the store (a store read)
 
 
+def _overrides(observer: Observer, name: str) -> bool:
+    return getattr(type(observer), name, None) is not getattr(NullObserver, name)
+
+
 class _Fanout(Fanout):
     """``Fanout`` with a faster ``request``: bound methods resolved once, not looked up per call per observer.
 
@@ -45,11 +49,9 @@ class _Fanout(Fanout):
 
     def __init__(self, *observers: Observer) -> None:
         super().__init__(*observers)
-        self._request = [o.request for o in observers]
-        # once per HTML page: only the observers that count pages (NullObserver's is a no-op)
-        self._pii_page = [
-            o.pii_page for o in observers if getattr(type(o), "pii_page", None) is not NullObserver.pii_page
-        ]
+        # only the observers that do something with it (NullObserver's methods are no-ops)
+        self._request = [o.request for o in observers if _overrides(o, "request")]
+        self._pii_page = [o.pii_page for o in observers if _overrides(o, "pii_page")]
 
     def request(self, event: RequestEvent) -> None:
         for call in self._request:
