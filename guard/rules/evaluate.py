@@ -51,6 +51,10 @@ class Verdict:
     matched: tuple[Rule, ...] = ()
 
 
+NOTHING_MATCHED = Verdict(PASS)
+"""``decide`` of no matches: immutable, so one for every request that matched nothing."""
+
+
 def match(rules: Iterable[Rule], ctx: Context) -> list[tuple[Rule, Values]]:
     out: list[tuple[Rule, Values]] = []
     for rule in rules:
@@ -77,7 +81,7 @@ def _reason(rule: Rule, values: Values) -> Reason:
 def decide(matches: list[tuple[Rule, Values]], scoring: Scoring = NO_SCORING, shadow: bool = False) -> Verdict:
     """Combine the rules that matched (excluding allow rules, handled first) into a verdict."""
     if not matches:
-        return Verdict(PASS)
+        return NOTHING_MATCHED
     best: Rule | None = None
     total = 0.0
     reasons: list[Reason] = []
