@@ -18,7 +18,7 @@ The request path only touches pre-resolved label children from a small dict:
 them: prometheus-client takes a lock for every ``inc`` and every histogram
 ``observe`` (three of them and a bucket search per request, about 13 us of the
 guard's 540 us per GET on a slow VM), so the request path adds to plain ints
-(``_Tally``, a dict keyed by child) and ``flush`` hands the sums over in one
+(a dict keyed by child, and a ``_Tally`` per histogram) and ``flush`` hands the sums over in one
 ``inc`` per child: once a second from the hub's poll, before every scrape, and
 at close.  A scrape of this process is exact; with ``--workers N`` another
 worker's counts may be up to a second behind, well inside any scrape interval.
@@ -76,8 +76,8 @@ class _Tally:
 
     ``flush`` adds them to the histogram's own values: prometheus-client has no public
     call that adds a bucket count at once, so this reads ``_upper_bounds``, ``_buckets``
-    and ``_sum`` (stable since 0.4; ``Metrics`` checks them at start and observes one by
-    one when they are missing).
+    and ``_sum`` (``Metrics`` checks for them at start and observes value by value when
+    they are missing; a test pins the scrape to what observing gives).
     """
 
     __slots__ = ("bounds", "counts", "hist", "total")
