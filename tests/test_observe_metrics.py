@@ -176,3 +176,18 @@ def test_without_the_histogram_internals_each_value_is_observed(monkeypatch: pyt
     s = samples(m.exposition().decode())   # no flush needed for the histograms
     assert s[("guard_upstream_latency_seconds_bucket", (("le", "0.025"),))] == 1
     assert s[("guard_overhead_seconds_bucket", (("le", "0.0005"),))] == 1
+
+
+def test_a_failed_flush_loses_those_counts_and_raises_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    m = Metrics(multiproc=False)
+    m.request(event())
+
+    class Broken:
+        def inc(self, n: int) -> None:
+            raise OSError(28, "No space left on device")
+
+    m._pending[Broken()] = 1
+    m.flush()   # the poll and the scrape go on
+    assert "counts since the last flush were lost" in caplog.text
+    m.request(event())
+    assert samples(m.render().decode())[("guard_requests_total", (("action", "pass"), ("status_class", "2xx")))] >= 1

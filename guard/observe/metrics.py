@@ -26,6 +26,7 @@ worker's counts may be up to a second behind, well inside any scrape interval.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from bisect import bisect_left
@@ -37,6 +38,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from guard.observe.events import ExposureEntry, NullObserver, RequestEvent
+
+log = logging.getLogger("guard.observe.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -255,12 +258,19 @@ class Metrics(NullObserver):
         self._pending[child] = self._pending.get(child, 0) + 1
 
     def flush(self) -> None:
-        """Hand what the request path counted to the metrics (call it on the event loop's thread)."""
+        """Hand what the request path counted to the metrics (call it on the event loop's thread).
+
+        Never raises: it runs in the hub's poll and before a scrape, and a failed write (a full
+        disk under the multiprocess folder) must cost those counts, not the poll or the scrape.
+        """
         pending, self._pending = self._pending, {}
-        for child, n in pending.items():
-            child.inc(n)
-        for tally in self._tallies:
-            tally.flush()
+        try:
+            for child, n in pending.items():
+                child.inc(n)
+            for tally in self._tallies:
+                tally.flush()
+        except Exception:
+            log.exception("metrics: counts since the last flush were lost")
 
     def tamper(self, path: str, field_name: str) -> None:
         self.pii_tamper.inc()
