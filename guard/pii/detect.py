@@ -94,7 +94,7 @@ class RawScreen:
 
     Each screen is a regex (``pattern`` is their alternation, the documented contract), but
     ``re`` tests a byte class at some 60 instructions a byte: on the bench page's three hidden
-    fields the alternation cost 78,000 instructions, a quarter of what deciding the whole page
+    fields the alternation cost 78,000 instructions, a third of what deciding the whole page
     cost.  So the built-in screens are tested with what CPython does at memchr speed
     (``FAST_SCREENS``: ``in``, ``isascii``, one ``translate``), each true wherever its regex
     matches, and sometimes where it does not (which only sends a field to the full scan).
