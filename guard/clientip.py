@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from typing import cast
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -53,6 +54,11 @@ def normalize(text: str) -> str | None:
     in the proxy's profile.  Small, because a rotating botnet misses it anyway."""
     ip = parse_ip(text)
     return None if ip is None else str(ip)
+
+
+def _canonical(text: str) -> str:
+    """``normalize`` of a text that ``parse_ip`` already accepted (so never None)."""
+    return cast(str, normalize(text))
 
 
 class TrustedProxies:
@@ -121,10 +127,10 @@ def resolve(
     so the hop that reported them is the best we know.
     """
     peer_ip = parse_ip(peer) if peer else None
-    if peer_ip is None:
+    if peer is None or peer_ip is None:
         return (peer or "0.0.0.0", False)
     if trusted.empty or peer_ip not in trusted:
-        return (normalize(peer) or str(peer_ip), False)
+        return (_canonical(peer), False)
     chain: list[str] = []
     for h in forwarded:
         if len(h) <= MAX_FORWARD_HEADER:
@@ -140,5 +146,5 @@ def resolve(
             break
         current, current_text = ip, entry
         if ip not in trusted:
-            return (normalize(entry) or str(ip), True)
-    return (normalize(current_text) or str(current), current is not peer_ip)
+            return (_canonical(entry), True)
+    return (_canonical(current_text), current is not peer_ip)
